@@ -1,0 +1,1 @@
+"""hierarchos-jax: a JAX reimplementation of Hierarchos."""
