@@ -51,7 +51,7 @@ def state_dict_layout(config) -> Iterator[Entry]:
         yield Entry("rosa_gate_logit", "rosa_gate_logit", "same")
     yield Entry("persistent", "persistent", "same")
     yield Entry("ltm_gate_logit", "ltm_gate_logit", "same")
-    yield Entry("time_freqs", None, "buffer")
+    yield Entry("time_freqs", "time_freqs", "buffer")
     yield Entry("tok_emb.weight", "tok_emb.embedding", "same")
     if c.use_deepembed:
         yield Entry("h_deepemb.weight", "h_deepemb.embedding", "same")
@@ -120,14 +120,12 @@ class StateDictError(ValueError):
 
 def export_state_dict(model) -> "OrderedDict[str, np.ndarray]":
     """The reference state dict of ``model`` (tied embedding: one array object, two keys)."""
-    from hierarchos_jax.model.ltm import time_frequencies
-
     cfg = model.config
     out: OrderedDict[str, np.ndarray] = OrderedDict()
     cache: dict[str, np.ndarray] = {}
     S, D = cfg.ltm_slots, cfg.ltm_val_dim
     buffers = {
-        "time_freqs": np.asarray(time_frequencies(D)),
+        "time_freqs": np.asarray(model.time_freqs[...]),
         "ltm.fast_vals": np.zeros((S, D), np.float32),
         "ltm._mom_vals": np.zeros((S, D), np.float32),
         "ltm.timestamps": np.zeros((S,), np.float32),
@@ -164,6 +162,11 @@ def import_state_dict(model, state_dict) -> None:
     q = sd.get("qproj.weight")
     if q is not None and q.shape == (cfg.ltm_key_dim, cfg.context_dim):
         sd["qproj.weight"] = np.concatenate([q, np.zeros_like(q)], axis=1)
+    if "time_freqs" in sd:  # keep the stored frequencies (a recomputed exp can differ by 1 ulp)
+        freqs = np.asarray(sd["time_freqs"], np.float32)
+        if freqs.shape != tuple(model.time_freqs[...].shape):
+            raise StateDictError(f"'time_freqs' has shape {freqs.shape}, expected {tuple(model.time_freqs[...].shape)}")
+        model.time_freqs.set_value(jnp.asarray(freqs))
     done = set()
     for e in state_dict_layout(cfg):
         if e.kind == "buffer" or e.path in done:
@@ -181,5 +184,5 @@ def import_state_dict(model, state_dict) -> None:
                 f"{tuple(to_reference(e.kind, np.zeros(var[...].shape)).shape)}")
         if not np.all(np.isfinite(value)):
             raise StateDictError(f"'{e.name}' contains NaN or Inf")
-        var.value = jnp.asarray(value)
+        var.set_value(jnp.asarray(value))
         done.add(e.path)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hierarchos_jax.model import init as I
-from hierarchos_jax.model.ltm import LTM, WorkingMemory, inner_update, retrieve_topk, time_frequencies, timestamp_code
+from hierarchos_jax.model.ltm import LTM, WorkingMemory, inner_update, retrieve_topk, timestamp_code
 from hierarchos_jax.model.manager import plan
 from hierarchos_jax.model.mode import RunMode
 from hierarchos_jax.model.numerics import drift_clamp, finite_clamp, gelu, layer_norm
@@ -34,6 +34,10 @@ ENCODER_CLAMP = 30.0
 GATE_LOGIT_CLAMP = 50.0
 LOGIT_CLAMP = 30.0
 HEBBIAN_VALUE_CLAMP = 20.0
+
+
+class Buffer(nnx.Variable):
+    """Non-trainable state saved with the weights (here: the timestamp-code frequencies)."""
 
 
 def _linear(fan_in, fan_out, rngs, *, bias=True, kernel_init=None, bias_init=None):
@@ -85,6 +89,7 @@ class Hierarchos(nnx.Module):
         self.l_to_out = _linear(Wl, C, rngs)
         self.out_norm_scale = nnx.Param(jnp.ones((C,), jnp.float32))
         self.out_norm_bias = nnx.Param(jnp.zeros((C,), jnp.float32))
+        self.time_freqs = Buffer(jnp.asarray(cfg.time_freqs()))
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Tied LM head on final hidden states, clamped to +-30 (NaN -> 0)."""
@@ -195,7 +200,7 @@ def forward(
     mem_kernel = in_kernel[C + P:]
     deep_h = model.h_deepemb(input_ids) if cfg.use_deepembed else None
     deep_l = model.l_deepemb(input_ids) if cfg.use_deepembed else None
-    freqs = time_frequencies(D)
+    freqs = model.time_freqs[...]
     detach_every = cfg.detach_every_n_steps if mode.training else None
 
     def time_major(x):

@@ -9,7 +9,6 @@ writes pooled over rows) — the shape decides, statically.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -174,14 +173,3 @@ def inner_update(
     pick = lambda new, old: jnp.where(keep.reshape((Bm,) + (1,) * (old.ndim - 1)), old, new)  # noqa: E731
     return WorkingMemory(pick(fast, memory.fast), pick(mom, memory.mom), pick(ts, memory.timestamps),
                          pick(src, memory.sources))
-
-
-def time_frequencies(val_dim: int) -> jax.Array:
-    """Frequencies of the timestamp code: ``exp(-j ln(1e4)/(h-1))`` for ``j < h = D//2``."""
-    h = val_dim // 2
-    if h == 0:
-        return jnp.zeros((0,), jnp.float32)
-    if h == 1:
-        return jnp.ones((1,), jnp.float32)
-    j = jnp.arange(h, dtype=jnp.float32)
-    return jnp.exp(-j * jnp.float32(math.log(10000.0) / (h - 1)))
