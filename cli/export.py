@@ -1,4 +1,4 @@
-"""``hierarchos export-torch SRC OUT``: convert a PyTorch model directory."""
+"""``hierarchos export-torch SRC OUT``: write a model directory PyTorch Hierarchos loads."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from ._common import load
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "export-torch",
-        help="convert a PyTorch model directory to a hierarchos-jax one",
+        help="write a model directory that PyTorch Hierarchos loads (plus model.safetensors)",
         description=(
-            "Read a reference (PyTorch) model directory or checkpoint SRC "
-            "(hierarchos.pt + hierarchos_config.json + tokenizer files) and write "
-            "a hierarchos-jax model directory OUT."
+            "Read a model directory SRC (ours: hierarchos_config.json + model.safetensors, or the "
+            "reference's: hierarchos.pt + hierarchos_config.json, or a bare hierarchos.pt) and write "
+            "OUT with hierarchos.pt (torch.save format, loadable with weights_only=True), "
+            "model.safetensors, hierarchos_config.json and the tokenizer files. Weights round-trip "
+            "bit-exactly. OUT appears only when complete."
         ),
     )
-    p.add_argument("src", metavar="SRC", help="PyTorch model directory or .pt file")
+    p.add_argument("src", metavar="SRC", help="model directory (ours or the reference's) or a .pt file")
     p.add_argument("out", metavar="OUT", help="output directory")
     p.set_defaults(func=run)
 

@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("target", metavar="MODEL_DIR_OR_PRESET")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--build", action="store_true",
+                   help="also build the JAX model (random init) and count its parameters")
     p.set_defaults(func=run)
 
 
@@ -76,13 +78,29 @@ def run(args: argparse.Namespace) -> int:
     cfg, source = _load_config(args.target)
     fields = _as_dict(cfg)
     n_params = int(cfg.param_count())
+    built = _built_param_count(cfg) if args.build else None
     if args.json:
-        print(json.dumps({"source": source, "param_count": n_params, "config": fields},
-                         indent=2, sort_keys=True, default=_plain))
+        record = {"source": source, "param_count": n_params, "config": fields}
+        if built is not None:
+            record["built_param_count"] = built
+        print(json.dumps(record, indent=2, sort_keys=True, default=_plain))
         return 0
     print(f"config: {source}")
     width = max((len(k) for k in fields), default=0)
     for key in sorted(fields):
         print(f"  {key:<{width}} = {_show(fields[key])}")
     print(f"parameters: {n_params:,} ({n_params / 1e6:.2f} M)")
+    if built is not None:
+        print(f"built JAX model: {built:,} parameters")
+    return 0
+
+
+def _built_param_count(cfg) -> int:
+    """Instantiate the model abstractly (no memory for weights) and count its parameters."""
+    nnx = load("flax.nnx", "info --build")
+    jax = load("jax", "info --build")
+    hierarchos = load("hierarchos_jax.model.hierarchos", "info --build")
+    abstract = nnx.eval_shape(lambda: hierarchos.Hierarchos(cfg, rngs=nnx.Rngs(0)))
+    params = nnx.state(abstract, nnx.Param)
+    return int(sum(x.size for x in jax.tree.leaves(params)))
     return 0

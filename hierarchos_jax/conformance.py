@@ -367,7 +367,8 @@ def main(argv=None) -> int:
             failures.append(name)
         print(f"{'ok  ' if ok else 'FAIL'}  {name:48s} max_abs={dabs:.3e} max_rel={drel:.3e}"
               f" [{tolerance_kind(name, golden[name])}]")
-    print(f"{len(order) - len([f for f in failures if f in order])} passed, {len(failures)} failed")
+    print(f"conformance: {len(order) - len([f for f in failures if f in order])} arrays within tolerance, "
+          f"{len(failures)} outside or missing")
     return 1 if failures else 0
 
 

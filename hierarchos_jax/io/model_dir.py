@@ -145,7 +145,7 @@ def save_model_dir(model, out: str | os.PathLike, *, tokenizer_dir: str | os.Pat
             payload.update(meta)
             torch_zip.save_torch_file(tmp / WEIGHTS_TORCH, payload)
         # safetensors refuses aliased arrays: give the tied head its own copy.
-        save_file({k: np.ascontiguousarray(v).copy() for k, v in sd.items()}, str(tmp / WEIGHTS_SAFETENSORS))
+        save_file({k: np.array(v, order="C", copy=True) for k, v in sd.items()}, str(tmp / WEIGHTS_SAFETENSORS))
         config_out = dict(cfg_dict)
         config_out.update({k: v for k, v in meta.items() if k in ("completed_epoch", "tokenizer_name",
                                                                   "converted_from")})
