@@ -147,3 +147,25 @@ def test_failed_export_leaves_nothing_behind(reference_case_dir, tmp_path, monke
     with pytest.raises(RuntimeError):
         model_dir.export_torch_dir(reference_case_dir / "model", tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_checkpoint_file_loads(reference_case_dir, tmp_path):
+    """A reference training checkpoint (optimizer state, epochs, config inside) loads directly."""
+    payload, sd = _reference_state_dict(reference_case_dir)
+    cfg = json.loads((reference_case_dir / "model" / "hierarchos_config.json").read_text())
+    ckpt = {
+        "model_state_dict": sd,
+        "optimizer_state_dict": {"state": {0: {"step": np.float32(3.0).item(), "exp_avg": np.ones((2, 2), np.float32)}},
+                                 "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0]}]},
+        "config": cfg,
+        "epoch": 1,
+        "completed_epoch": 0,
+        "training_complete": False,
+    }
+    path = tmp_path / "train_checkpoint.pt"
+    torch_zip.save_torch_file(path, ckpt)
+    loaded = model_dir.load_model_dir(path)
+    assert loaded.config.context_dim == 32 and loaded.metadata["training_complete"] is False
+    ref = model_dir.load_model_dir(reference_case_dir / "model")
+    for x, y in zip(jax.tree.leaves(nnx.state(loaded.model, nnx.Param)), jax.tree.leaves(nnx.state(ref.model, nnx.Param))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

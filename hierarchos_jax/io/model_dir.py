@@ -42,7 +42,9 @@ class LoadedModel(NamedTuple):
     metadata: dict                 # checkpoint metadata (epochs, tokenizer name, ...)
 
 
-def _read_config(directory: Path, payload: dict | None) -> dict:
+def _read_config(directory: Path, payload: dict | None, *, prefer_payload: bool = False) -> dict:
+    if prefer_payload and payload is not None and isinstance(payload.get("config"), dict):
+        return dict(payload["config"])
     path = directory / CONFIG_JSON
     if path.exists():
         try:
@@ -92,7 +94,8 @@ def infer_missing_flags(raw: dict, state_dict: dict) -> dict:
 
 
 def load_model_dir(directory: str | os.PathLike) -> LoadedModel:
-    """Load any Hierarchos v0.21 model directory (reference or ours) into a JAX model."""
+    """Load any Hierarchos v0.21 model directory (reference or ours), or a bare reference
+    checkpoint file (inference or training checkpoint), into a JAX model."""
     from flax import nnx
 
     from hierarchos_jax.model.hierarchos import Hierarchos
@@ -101,8 +104,9 @@ def load_model_dir(directory: str | os.PathLike) -> LoadedModel:
     if not directory.exists():
         raise ModelDirError(f"{directory}: no such model directory")
     state_dict, payload = read_weights(directory)
-    raw = infer_missing_flags(_read_config(directory if directory.is_dir() else directory.parent, payload),
-                              state_dict)
+    is_file = not directory.is_dir()  # a bare checkpoint (e.g. a training checkpoint): its own config wins
+    raw = _read_config(directory.parent if is_file else directory, payload, prefer_payload=is_file)
+    raw = infer_missing_flags(raw, state_dict)
     config = HierarchosConfig.from_reference_dict(raw)
     model = Hierarchos(config, rngs=nnx.Rngs(0))
     reference_state.import_state_dict(model, state_dict)
