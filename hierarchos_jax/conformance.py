@@ -31,8 +31,11 @@ ATOL, RTOL, SCALAR_ATOL, GPU_ATOL = 2e-4, 1e-4, 5e-5, 1e-3
 # ---------------------------------------------------------------------------- runs
 
 def _memory_from_inputs(g, prefix="in_ltm_"):
+    """Working memory given by the case, or ``None`` (fresh memory) when it has none."""
     from hierarchos_jax.model.ltm import WorkingMemory
 
+    if prefix + "fast_vals" not in g:
+        return None
     fast = np.asarray(g[prefix + "fast_vals"], np.float32)
     mom = np.asarray(g[prefix + "mom_vals"], np.float32)
     ts = np.asarray(g[prefix + "timestamps"], np.float32)
@@ -93,6 +96,14 @@ class Replayer:
         self.runner = Runner(self.model)
         self.parity = bool(self.config.inference_logit_parity or self.config.full_sample_bptt)
 
+    def init_carry(self, batch, memory, *, training):
+        """The case's working memory, else the reference's fresh one: private rows in training
+        or for B > 1 (when ``isolate_batch_ltm``), one shared memory otherwise."""
+        if memory is not None:
+            return self.runner.init_carry(batch, memory=memory)
+        shared = not (self.config.isolate_batch_ltm and (training or batch > 1))
+        return self.runner.init_carry(batch, shared_memory=shared)
+
     def inputs(self):
         g = self.g
         ids = np.asarray(g["in_input_ids"])
@@ -105,7 +116,7 @@ class Replayer:
         from hierarchos_jax.model.mode import RunMode
 
         ids, mask, _ = self.inputs()
-        carry = self.runner.init_carry(ids.shape[0], memory=_memory_from_inputs(self.g))
+        carry = self.init_carry(ids.shape[0], _memory_from_inputs(self.g), training=False)
         res, carry = self.runner(ids, carry, mode=RunMode.eval(logit_parity=parity), attention_mask=mask)
         out[prefix + "logits"] = res.logits
         _step_arrays(prefix, res.outputs, res.rosa_ids, out)
@@ -122,7 +133,7 @@ class Replayer:
 
         cfg = self.config
         ids, mask, labels = self.inputs()
-        carry = self.runner.init_carry(ids.shape[0], memory=_memory_from_inputs(self.g))
+        carry = self.init_carry(ids.shape[0], _memory_from_inputs(self.g), training=True)
         rosa_ids, history = self.runner.rosa_ids(ids, carry.rosa)
         graphdef, params = self.runner.graphdef, self.runner.params
 
@@ -172,7 +183,7 @@ class Replayer:
         chunks = run.get("chunks") or [[0, T]]
         offsets = run.get("global_pos_offsets") or [s for s, _ in chunks]
         mode = RunMode.train() if training else RunMode.eval(logit_parity=self.parity)
-        carry = self.runner.init_carry(ids.shape[0], memory=_memory_from_inputs(self.g))
+        carry = self.init_carry(ids.shape[0], _memory_from_inputs(self.g), training=training)
         parts, logits, rosa, losses, ponders, commits = [], [], [], [], [], []
         seed = None
         for (s, e), off in zip(chunks, offsets):
@@ -207,7 +218,7 @@ class Replayer:
         max_new = int(run.get("max_new_tokens", len(g["gen_generated_ids"]) if "gen_generated_ids" in g else 24))
         eos = run.get("eos_token_id", 0)
         mode = RunMode.eval(logit_parity=self.parity)
-        carry = self.runner.init_carry(1, memory=_memory_from_inputs(g, "gen_in_ltm_"))
+        carry = self.init_carry(1, _memory_from_inputs(g, "gen_in_ltm_"), training=False)
         chunk = 0 if self.parity else int(cfg.training_chunk_size or 0)
         P = prompt.shape[1]
         step = chunk if chunk > 0 else P

@@ -186,7 +186,7 @@ def forward(
         raise ValueError("this model uses ROSA: pass rosa_ids (see hierarchos_jax.model.rosa)")
     if drift_seed is not None and drift_seed.shape != (B, C):
         drift_seed = None  # the reference silently ignores a seed of any other shape
-    memory = state.memory if (state.memory.rows == B or not mode.training) else state.memory.per_row(B)
+    memory = state.memory  # [B, ...] private rows or [1, ...] shared by all rows
 
     # ---- everything that depends on the token only, for the whole block at once -------
     token_x = embed_tokens(model, input_ids, rosa_ids, mode=mode, warmup_step=warmup_step)
