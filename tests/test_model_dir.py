@@ -120,8 +120,7 @@ def test_bad_directories_give_one_clear_error(reference_case_dir, tmp_path):
     (broken / "hierarchos.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(torch_zip.TorchFileError):
         model_dir.load_model_dir(broken)
-    wrong = tmp_path / "wrong"
-    shutil.copytree(reference_case_dir / "model", wrong)
+    wrong = model_dir.export_torch_dir(reference_case_dir / "model", tmp_path / "wrong")  # safetensors + JSON
     cfg = json.loads((wrong / "hierarchos_config.json").read_text())
     cfg["context_dim"] = cfg["h_hidden"] = cfg["l_hidden"] = 48
     (wrong / "hierarchos_config.json").write_text(json.dumps(cfg))

@@ -42,7 +42,7 @@ class LoadedModel(NamedTuple):
     metadata: dict                 # checkpoint metadata (epochs, tokenizer name, ...)
 
 
-def _read_config(directory: Path, payload: dict | None, *, prefer_payload: bool = False) -> dict:
+def _read_config(directory: Path, payload: dict | None, *, prefer_payload: bool) -> dict:
     if prefer_payload and payload is not None and isinstance(payload.get("config"), dict):
         return dict(payload["config"])
     path = directory / CONFIG_JSON
@@ -56,24 +56,41 @@ def _read_config(directory: Path, payload: dict | None, *, prefer_payload: bool 
     raise ModelDirError(f"{directory}: no {CONFIG_JSON} and no config inside the checkpoint")
 
 
-def read_weights(directory: Path) -> tuple[dict, dict | None]:
-    """``(state_dict, torch_payload_or_None)`` from a directory or a single weights file."""
-    directory = Path(directory)
-    st = directory / WEIGHTS_SAFETENSORS
-    pt = directory / WEIGHTS_TORCH if directory.is_dir() else directory
-    if directory.is_dir() and st.exists():
+def find_weights(path: Path) -> Path:
+    """The weights file of a model directory, searched as the reference's loader does.
+
+    ``model.safetensors`` (ours) first, then ``hierarchos.pt``, ``model.pt``,
+    ``hierarchos_final.pt``, then the newest ``*.pt``; failing all, the same search inside
+    a single nested directory. A file path is returned as is.
+    """
+    if path.is_file():
+        return path
+    for name in (WEIGHTS_SAFETENSORS, WEIGHTS_TORCH, "model.pt", "hierarchos_final.pt"):
+        if (path / name).is_file():
+            return path / name
+    pts = sorted(path.glob("*.pt"), key=lambda p: p.stat().st_mtime)
+    if pts:
+        return pts[-1]
+    nested = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if len(nested) == 1:
+        return find_weights(nested[0])
+    raise ModelDirError(f"{path}: no {WEIGHTS_SAFETENSORS} or {WEIGHTS_TORCH} found")
+
+
+def read_weights(path: Path) -> tuple[dict, dict | None, Path]:
+    """``(state_dict, torch_payload_or_None, weights_file)`` of a directory or weights file."""
+    weights = find_weights(Path(path))
+    if weights.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
         try:
-            return dict(load_file(str(st))), None
+            return dict(load_file(str(weights))), None, weights
         except Exception as e:  # safetensors raises its own error types
-            raise ModelDirError(f"{st}: cannot read safetensors file ({e})") from None
-    if pt.exists():
-        payload = torch_zip.load_torch_file(pt)
-        if not isinstance(payload, dict):
-            raise ModelDirError(f"{pt}: expected a checkpoint dict, found {type(payload).__name__}")
-        return dict(torch_zip.read_state_dict(payload)), payload
-    raise ModelDirError(f"{directory}: no {WEIGHTS_SAFETENSORS} or {WEIGHTS_TORCH} found")
+            raise ModelDirError(f"{weights}: cannot read safetensors file ({e})") from None
+    payload = torch_zip.load_torch_file(weights)
+    if not isinstance(payload, dict):
+        raise ModelDirError(f"{weights}: expected a checkpoint dict, found {type(payload).__name__}")
+    return dict(torch_zip.read_state_dict(payload)), payload, weights
 
 
 def infer_missing_flags(raw: dict, state_dict: dict) -> dict:
@@ -103,10 +120,9 @@ def load_model_dir(directory: str | os.PathLike) -> LoadedModel:
     directory = Path(directory)
     if not directory.exists():
         raise ModelDirError(f"{directory}: no such model directory")
-    state_dict, payload = read_weights(directory)
-    is_file = not directory.is_dir()  # a bare checkpoint (e.g. a training checkpoint): its own config wins
-    raw = _read_config(directory.parent if is_file else directory, payload, prefer_payload=is_file)
-    raw = infer_missing_flags(raw, state_dict)
+    state_dict, payload, weights = read_weights(directory)
+    # As the reference loader: the checkpoint's own config wins, else the JSON beside it.
+    raw = infer_missing_flags(_read_config(weights.parent, payload, prefer_payload=True), state_dict)
     config = HierarchosConfig.from_reference_dict(raw)
     model = Hierarchos(config, rngs=nnx.Rngs(0))
     reference_state.import_state_dict(model, state_dict)
@@ -172,4 +188,11 @@ def export_torch_dir(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     loaded = load_model_dir(src)
     meta = dict(loaded.metadata)
     meta.setdefault("converted_from", str(src))
-    return save_model_dir(loaded.model, out, tokenizer_dir=src if src.is_dir() else src.parent, metadata=meta)
+    tokenizer_dir = src if src.is_dir() else src.parent
+    try:
+        from hierarchos_jax.io.tokenizer import TokenizerError, find_tokenizer_dir
+
+        tokenizer_dir = find_tokenizer_dir(tokenizer_dir)
+    except TokenizerError:
+        pass  # no tokenizer to copy
+    return save_model_dir(loaded.model, out, tokenizer_dir=tokenizer_dir, metadata=meta)

@@ -37,3 +37,19 @@ class RunMode:
     @property
     def legacy_worker_exit(self) -> bool:
         return not self.training_refinement
+
+
+def hebbian_writes_enabled(config, *, suppress_hebbian: bool | None = None,
+                           allow_hebbian_update: bool | None = None) -> bool:
+    """Whether an eval call writes to working memory (the reference's decision, spec §6.6).
+
+    Writes need an aligned value projection (``val_proj_trained``) or the explicit
+    ``allow_untrained_hebbian_writer``; then ``allow_hebbian_update=True`` turns them on,
+    and otherwise they happen only if ``suppress_hebbian`` is False (it defaults to True).
+    """
+    writer_ok = bool(config.val_proj_trained or config.allow_untrained_hebbian_writer)
+    if not writer_ok:
+        return False
+    if allow_hebbian_update:
+        return True
+    return suppress_hebbian is False
