@@ -762,7 +762,7 @@ class HierarchosConfig:
         """Unique parameter counts per group (the table of ``model.md`` §2.5)."""
         V, C = self.vocab_size, self.context_dim
         Wh, Wl, P = self.h_hidden, self.l_hidden, self.persistent_dim
-        S, K, D, k = self.ltm_slots, self.ltm_key_dim, self.ltm_val_dim, self.ltm_topk
+        S, K, D = self.ltm_slots, self.ltm_key_dim, self.ltm_val_dim
         groups = {
             "tied embedding / lm_head": V * C,
             "h_deepemb + l_deepemb": 4 * V * (Wh + Wl) if self.use_deepembed else 0,

@@ -13,7 +13,6 @@ one ``jax.lax.scan`` over :func:`token_step`.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -179,7 +178,7 @@ def forward(
     cfg = model.config
     B, T = input_ids.shape
     C, P = cfg.context_dim, cfg.persistent_dim
-    K, D, k = cfg.ltm_key_dim, cfg.ltm_val_dim, cfg.ltm_topk
+    D, k = cfg.ltm_val_dim, cfg.ltm_topk
     R, Cc, A = cfg.recurrent_state_clamp, cfg.context_state_clamp, cfg.activation_clamp
     dclamp = lambda d: drift_clamp(d, cfg.drift_state_clamp, cfg.drift_norm_clamp)  # noqa: E731
     if cfg.use_rosa and rosa_ids is None:
@@ -290,5 +289,3 @@ def recover_contexts(model: Hierarchos, h_state: jax.Array) -> jax.Array:
     when a state is passed without contexts)."""
     return model.h_to_context(state_hidden(h_state))
 
-
-del math
