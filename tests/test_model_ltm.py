@@ -389,3 +389,15 @@ def test_hebbian_write_is_inner_update_with_negated_values():
     np.testing.assert_allclose(got[0][0, 3], 0.05 * value[0], rtol=1e-5)
     np.testing.assert_allclose(got[0][0, 9], 0.05 * (value[0] + value[1]) / 2, rtol=1e-5)
     np.testing.assert_allclose(got[1][0, 9], -(value[0] + value[1]) / 2, rtol=1e-5)
+
+
+def test_inner_update_refuses_a_bad_learning_rate():
+    from hierarchos_jax.model.ltm import WorkingMemory, inner_update
+
+    mem = WorkingMemory.zeros(1, 4, 3)
+    idx = np.array([[0, 1]])
+    grads = np.ones((1, 2, 3), np.float32)
+    for lr in (float("nan"), float("inf"), -1e-3):
+        with pytest.raises(ValueError, match="learning rate"):
+            inner_update(mem, idx, grads, lr, timestamp=0.0, tokens_covered=1.0, reference_chunk_len=256,
+                         momentum=0.9, weight_decay=1e-4, forget_rate=0.01)

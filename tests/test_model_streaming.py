@@ -203,8 +203,6 @@ def test_seed_of_wrong_shape_is_ignored(runner, ids, at3):
     np.testing.assert_allclose(np.asarray(res_w.logits), np.asarray(res.logits), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: forward() ignores [1, C] (and [C]) drift seeds instead of "
-                                       "broadcasting them to [B, C] (spec §6.1, §10 item 5)")
 def test_broadcast_seed_shape_1C(runner, ids, at3):
     """A [1, C] seed is broadcast to every row (a [C] seed too; one shape is checked here
     to keep the compile count down -- both take the same code path)."""

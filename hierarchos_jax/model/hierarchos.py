@@ -183,8 +183,12 @@ def forward(
     dclamp = lambda d: drift_clamp(d, cfg.drift_state_clamp, cfg.drift_norm_clamp)  # noqa: E731
     if cfg.use_rosa and rosa_ids is None:
         raise ValueError("this model uses ROSA: pass rosa_ids (see hierarchos_jax.model.rosa)")
-    if drift_seed is not None and drift_seed.shape != (B, C):
-        drift_seed = None  # the reference silently ignores a seed of any other shape
+    if drift_seed is not None:  # [C] and [1, C] seeds serve every row; other shapes are ignored
+        drift_seed = drift_seed[None] if drift_seed.ndim == 1 else drift_seed
+        if drift_seed.shape == (1, C):
+            drift_seed = jnp.broadcast_to(drift_seed, (B, C))
+        elif drift_seed.shape != (B, C):
+            drift_seed = None  # as the reference: silently
     memory = state.memory  # [B, ...] private rows or [1, ...] shared by all rows
 
     # ---- everything that depends on the token only, for the whole block at once -------

@@ -9,6 +9,7 @@ writes pooled over rows) — the shape decides, statically.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -149,6 +150,8 @@ def inner_update(
     a shared memory (``Bm == 1``) pools every row's addresses. A row (or the pool) that
     addressed no valid slot is left unchanged (not even decayed).
     """
+    if isinstance(lr, (int, float)) and not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"LTM learning rate must be finite and >= 0, got {lr}")
     Bm, S, D = memory.fast.shape
     idx = jax.lax.stop_gradient(idx).reshape(Bm, -1) if Bm > 1 else jax.lax.stop_gradient(idx).reshape(1, -1)
     grads = jax.lax.stop_gradient(grads).astype(jnp.float32).reshape(idx.shape + (D,))
