@@ -16,18 +16,19 @@ Measures, on the current JAX backend, the three workloads of the reference figur
   reference computes them inside its forward). Reported as tokens/s = 256 / median step.
 * ``eval``: the same config, eval mode, batch 1 x 64, logits returned, through
   :class:`~hierarchos_jax.model.run.Runner` (fresh state, host ROSA included). The default
-  row uses the config's ``inference_logit_parity`` (False: the legacy early-exit eval path,
-  as the reference); an extra row measures ``parity=True``.
+  row uses ``logit_parity=False`` (the config's ``inference_logit_parity`` default: the legacy
+  early-exit eval path, as the reference); an extra row measures ``parity=True``.
 * ``gen``: the ``hierarchos-232m`` preset (random init, released shapes), batch 1: a 16-token
   prompt, then one token per :class:`Runner` call carrying all state, ROSA extended
   incrementally on the host, greedy argmax read back to the host inside the timed region.
   Reported as the median ms per token.
 
 Each workload runs in its own child process (so peak RSS and compile times belong to that
-workload alone). Times are medians over repeats after warm-up; compile time is reported
-separately (AOT ``lower().compile()`` for the train step, first call minus steady state for
-the Runner paths). With ``--reference`` the reference bench runs too (``--device cpu
---threads 2``, or ``--device cuda`` when our backend is a GPU) and the table shows ratios.
+workload alone; the parent never starts a JAX backend). Times are medians over repeats after
+warm-up; compile time is reported separately (AOT ``lower()`` + ``compile()`` for the train
+step, first call minus steady state for the Runner paths). With ``--reference`` the reference
+bench runs right after each of our workloads (``--threads 2``, ``--device`` from
+``--ref-device``, default cpu) and the table shows the speed-ups against the targets.
 """
 
 from __future__ import annotations
