@@ -7,14 +7,14 @@ import os
 import shutil
 import sys
 
-from . import conformance, export, info
+from . import conformance, export, info, quickstart, train
 from ._common import CLIError
 
 PROG = "hierarchos"
 DIST_NAME = "hierarchos-jax"
 
 # One module per command group, each with register(subparsers).
-COMMAND_MODULES = (export, info, conformance)
+COMMAND_MODULES = (export, info, conformance, train, quickstart)
 
 
 class UsageError(Exception):
