@@ -39,6 +39,12 @@ class Buffer(nnx.Variable):
     """Non-trainable state saved with the weights (here: the timestamp-code frequencies)."""
 
 
+def tied_head(hidden: jax.Array, embedding: jax.Array) -> jax.Array:
+    """``hidden [..., C] @ embedding[V, C]^T`` without materialising the transposed table
+    (XLA would otherwise copy the whole ``[V, C]`` table every call)."""
+    return jax.lax.dot_general(hidden, embedding, (((hidden.ndim - 1,), (1,)), ((), ())))
+
+
 def _linear(fan_in, fan_out, rngs, *, bias=True, kernel_init=None, bias_init=None):
     default = I.torch_linear_default(fan_in)
     return nnx.Linear(fan_in, fan_out, use_bias=bias, kernel_init=kernel_init or default,
@@ -92,7 +98,7 @@ class Hierarchos(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Tied LM head on final hidden states, clamped to +-30 (NaN -> 0)."""
-        return finite_clamp(hidden @ self.tok_emb.embedding[...].T, LOGIT_CLAMP)
+        return finite_clamp(tied_head(hidden, self.tok_emb.embedding[...]), LOGIT_CLAMP)
 
 
 class StepOutputs(NamedTuple):
@@ -269,7 +275,10 @@ def forward(
 
     carry0 = (finite_clamp(state.h_state, R), finite_clamp(state.l_state, R), finite_clamp(state.prev_context, Cc),
               finite_clamp(state.target_context, Cc), state.drift, memory)
-    carry, ys = jax.lax.scan(token_step, carry0, xs)
+    # Training: rematerialise each token step in the backward pass instead of storing its
+    # ~1k intermediates (fewer, larger ops on CPU; far less memory on accelerators).
+    step = jax.checkpoint(token_step) if mode.training else token_step
+    carry, ys = jax.lax.scan(step, carry0, xs)
     h_state, l_state, prev_ctx, target_ctx, drift, memory = carry
 
     batch_major = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731

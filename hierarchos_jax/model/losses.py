@@ -87,7 +87,7 @@ def chunked_lm_loss(hidden: jax.Array, embedding: jax.Array, labels: jax.Array, 
 
     @jax.checkpoint
     def chunk_terms(h_c, t_c):
-        logits = finite_clamp(h_c @ embedding.T, LOGIT_CLAMP)
+        logits = finite_clamp(jax.lax.dot_general(h_c, embedding, (((1,), (1,)), ((), ()))), LOGIT_CLAMP)
         return _token_terms(logits, t_c)
 
     def body(carry, xs):
