@@ -20,14 +20,14 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out-dir", default="hierarchos_quickstart", metavar="DIR",
                    help="run directory (default %(default)s)")
-    p.add_argument("--steps", type=int, default=1000, metavar="N", help="optimizer steps (default %(default)s)")
+    p.add_argument("--steps", type=int, default=1500, metavar="N", help="optimizer steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for the init and the data (default %(default)s)")
     p.add_argument("--preset", default="tiny", help="model preset (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, metavar="B", help="rows per batch (default %(default)s)")
     p.add_argument("--starting-lr", type=float, default=3e-3, metavar="LR", help="peak LR (default %(default)s)")
     p.add_argument("--max-digits", type=int, default=2, metavar="D",
                    help="largest operand length (default %(default)s)")
-    p.add_argument("--eval-every", type=int, default=250, metavar="N",
+    p.add_argument("--eval-every", type=int, default=500, metavar="N",
                    help="held-out accuracy every N steps; 0 = only before/after (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
