@@ -7,14 +7,14 @@ import os
 import shutil
 import sys
 
-from . import conformance, export, info, quickstart, train
+from . import conformance, export, generate, info, quickstart, train
 from ._common import CLIError
 
 PROG = "hierarchos"
 DIST_NAME = "hierarchos-jax"
 
 # One module per command group, each with register(subparsers).
-COMMAND_MODULES = (export, info, conformance, train, quickstart)
+COMMAND_MODULES = (export, info, conformance, generate, train, quickstart)
 
 
 class UsageError(Exception):
