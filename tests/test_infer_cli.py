@@ -74,3 +74,16 @@ def test_missing_model_and_vocab_mismatch_are_one_line(capsys, model_dir, tmp_pa
     (bad / "tokenizer.json").write_text(json.dumps(spec))
     code, _, err = run(capsys, "--model-path", str(bad), "--prompt", "Hi")
     assert code == 1 and len(err.strip().splitlines()) == 1 and "vocab_size is 512" in err
+
+
+def test_our_model_dir_generates_the_same_tokens(capsys, model_dir, tmp_path):
+    """A directory we write (model.safetensors + hierarchos.pt) generates what the
+    reference directory generates."""
+    from hierarchos_jax.io.model_dir import export_torch_dir
+
+    ours = export_torch_dir(model_dir, tmp_path / "ours")
+    args = ["--prompt", "Hello there", "--max-new-tokens", "6", "--temperature", "0", "--json"]
+    rc_ref, out_ref, _ = run(capsys, "--model-path", str(model_dir), *args)
+    rc_ours, out_ours, _ = run(capsys, "--model-path", str(ours), *args)
+    assert rc_ref == rc_ours == 0 and (ours / "model.safetensors").is_file()
+    assert json.loads(out_ours)["ids"] == json.loads(out_ref)["ids"]

@@ -39,12 +39,13 @@ def engine(tiny):
 @pytest.fixture(scope="module")
 def legacy(tiny):
     """The tiny model as a legacy checkpoint with 8-token training chunks (so prompts and
-    generations cross chunk starts, where drift seeds are given)."""
+    generations cross chunk starts, where drift seeds are given), prefilled in 4-token
+    pieces (so pieces, seeded chunk starts and single tokens alternate in one prompt)."""
     loaded, _, _, tok = tiny
     cfg = loaded.config.replace(inference_logit_parity=False, full_sample_bptt=False, training_chunk_size=8)
     model = Hierarchos(cfg, rngs=nnx.Rngs(0))
     nnx.update(model, nnx.state(loaded.model))
-    return GenerationEngine(model, cfg, tok), model
+    return GenerationEngine(model, cfg, tok, prefill_piece=4), model
 
 
 def prompt_of(golden, n=None):

@@ -19,9 +19,11 @@ Reference semantics kept (spec inference.md §4, §5, §6, §8, §16):
   else 0 for exact checkpoints and ``training_chunk_size`` for legacy ones. A token at
   absolute position ``a > 0`` with ``a % L_chunk == 0`` starts a new chunk and — for
   legacy checkpoints only — receives the drift returned for token ``a - 1`` as its seed,
-  in the prompt and while decoding alike. Inside the one prefill program the prompt runs
-  in ``prefill_piece``-token blocks (a ``while`` loop), then single tokens, and the first
-  token of every chunk is a one-token block of its own (seeded or not): no padding ever
+  in the prompt and while decoding alike. (Without seeds — exact checkpoints, or
+  ``L_chunk = 0`` — chunk edges only split calls, which changes nothing but float
+  rounding, so they are not materialised.) Inside the one prefill program the prompt runs
+  in ``prefill_piece``-token blocks and single tokens (one ``while`` loop); a seeded chunk
+  start is always a one-token block of its own and no block crosses one. No padding ever
   reaches the recurrence, the compiled program does not depend on the prompt length (the
   id buffer comes in a few bucket sizes: 256, 1024, 4096, ... tokens), and the result
   equals the reference's chunked (legacy) or monolithic (exact) call up to float rounding
@@ -207,7 +209,6 @@ class _Program:
 
     layout: str                 # "batch" | "rows"
     seed_chunk: int             # L_chunk when drift seeds are given (legacy checkpoints), else 0
-    chunk: int                  # L_chunk (chunk starts get their own one-token block)
     piece: int                  # prefill block size
     greedy_only: bool
     stats_eos: int | None       # eos id for the uncertainty statistics, None = not computed
@@ -267,59 +268,48 @@ def _run_block(model, mode, prog: _Program, state, memory, ids, rosa, *, seeded:
 def _prefill_shared(model, mode, prog: _Program, state, memory, ids, rosa, lengths):
     """Prefill rows that start at one shared position: ``ids[b, ..., :lengths[b]]``.
 
-    Offsets are shared by all rows (so no loop or branch depends on a row): the common
-    prefix of the prompts runs in blocks of ``prog.piece`` then of 1, each chunk's first
-    token as its own (seeded, for legacy checkpoints) block; the tails of longer prompts
-    run one token at a time with shorter rows masked. Nothing here depends on the prompt
-    length at compile time.
+    One ``while`` loop over the prompt, shared by all rows (no loop or branch depends on a
+    row): each iteration runs a ``prog.piece``-token block when the next ``piece`` tokens
+    belong to every row and contain no chunk start, else one token — seeded when it starts a
+    chunk of a legacy checkpoint, and masked for rows whose prompt has ended. At most three
+    forward shapes (piece, token, seeded token); nothing depends on the prompt length.
     """
     B = lengths.shape[0]
     start = state.position if state.position.ndim == 0 else state.position[0]
     common, longest = jnp.min(lengths), jnp.max(lengths)
+    L, piece = prog.seed_chunk, prog.piece
 
-    def block(carry, offset, size, seeded, active=None):
-        st, h = carry
+    def block(carry, offset, size, seeded):
         tok = jax.lax.dynamic_slice_in_dim(ids, offset, size, axis=ids.ndim - 1)
         ros = None if rosa is None else jax.lax.dynamic_slice_in_dim(rosa, offset, size, axis=rosa.ndim - 1)
-        new, hid = _run_block(model, mode, prog, st, memory, tok, ros, seeded=seeded, position=start + offset)
-        if active is None:
-            return new, hid
-        return _select_rows(active, new, st), jnp.where(active[:, None], hid, h)
+        return _run_block(model, mode, prog, carry[0], memory, tok, ros, seeded=seeded, position=start + offset)
 
-    def first_of_chunk(carry, offset, active=None):
-        if not prog.seed_chunk:
-            return block(carry, offset, 1, False, active)
-        return jax.lax.cond(_is_chunk_start(start + offset, prog.seed_chunk),
-                            lambda c: block(c, offset, 1, True, active),
-                            lambda c: block(c, offset, 1, False, active), carry)
+    def one_token(carry, offset, chunk_start):
+        active = offset < lengths
+        if L:
+            new = jax.lax.cond(chunk_start, lambda c: block(c, offset, 1, True),
+                               lambda c: block(c, offset, 1, False), carry)
+        else:
+            new = block(carry, offset, 1, False)
+        return _select_rows(active, new[0], carry[0]), jnp.where(active[:, None], new[1], carry[1])
 
-    def span(carry, begin, end):
-        offset = begin
-        for size in sorted({prog.piece, 1}, reverse=True):
-            def body(_, c, size=size):
-                carry, off = c
-                return block(carry, off, size, False), off + size
-            carry, offset = jax.lax.fori_loop(0, (end - offset) // size, body, (carry, offset))
-        return carry
+    def step(c):
+        carry, offset = c
+        pos = start + offset
+        chunk_start = _is_chunk_start(pos, L) if L else jnp.bool_(False)
+        room = common - offset
+        if L:
+            room = jnp.minimum(room, L - pos % L)  # a piece never crosses a chunk start
+        if piece <= 1:
+            return one_token(carry, offset, chunk_start), offset + 1
+        use_piece = (room >= piece) & ~chunk_start
+        carry = jax.lax.cond(use_piece, lambda c: block(c, offset, piece, False),
+                             lambda c: one_token(c, offset, chunk_start), carry)
+        return carry, offset + jnp.where(use_piece, piece, 1)
 
     carry = (state, jnp.zeros((B, model.config.context_dim), jnp.float32))
-    if not prog.chunk:
-        carry = span(carry, jnp.int32(0), common)
-    else:
-        L = prog.chunk
-
-        def segment(c):
-            carry, offset = c
-            end = jnp.minimum(common, offset + (L - (start + offset) % L))
-            return span(first_of_chunk(carry, offset), offset + 1, end), end
-
-        carry, _ = jax.lax.while_loop(lambda c: c[1] < common, segment, (carry, jnp.int32(0)))
-
-    def tail(offset, carry):  # tokens past the shortest prompt, one at a time
-        active = offset < lengths
-        return first_of_chunk(carry, offset, active) if prog.chunk else block(carry, offset, 1, False, active)
-
-    return jax.lax.fori_loop(common, longest, tail, carry)
+    carry, _ = jax.lax.while_loop(lambda c: c[1] < longest, step, (carry, jnp.int32(0)))
+    return carry
 
 
 def _prefill_per_row(model, mode, prog: _Program, state, memory, ids, rosa, lengths):
@@ -538,7 +528,7 @@ class GenerationEngine:
     def _program(self, *, layout, sampling: SamplingParams, stop: StopConditions, eos_ids, batch,
                  memory, aligned_prefill: bool) -> _Program:
         stats_eos = (eos_ids[0] if eos_ids else -1) if stop.uncertainty else None
-        return _Program(layout=layout, seed_chunk=self.chunk_size if self.seeded else 0, chunk=self.chunk_size,
+        return _Program(layout=layout, seed_chunk=self.chunk_size if self.seeded else 0,
                         piece=self.prefill_piece, greedy_only=sampling.greedy,
                         stats_eos=stats_eos, candidates=self.candidates, masked=batch > 1,
                         row_memory=layout == "rows" and memory.rows > 1, aligned_prefill=aligned_prefill)
