@@ -3,6 +3,7 @@
 
     python benchmarks/bench_generate.py [--presets tiny,hierarchos-232m] [--new-tokens N]
                                         [--batch 32] [--quick] [--json OUT]
+                                        [--reference REF_DIR --ref-python PATH]
 
 For each preset (random init, the preset's own eval policies — the shipped presets are
 legacy checkpoints, i.e. eval early exits as in the reference's 232M figure) and a random
@@ -20,7 +21,11 @@ legacy checkpoints, i.e. eval early exits as in the reference's 232M figure) and
 Every configuration runs once to compile (reported as ``compile_s``: first run minus
 steady run) and then ``--repeats`` times; medians are reported. EOS is disabled so every
 run produces the same number of tokens. The table goes to stdout, the JSON to
-``benchmarks/results/generate-<backend>.json``.
+``benchmarks/results/generate-<backend>.json``. With ``--reference`` the PyTorch
+reference's generation figure (``/work/shared/bench/reference_bench.py --which gen``: the
+same 232M shapes, batch 1, 16-token prompt, greedy, one forward per token) is measured
+right after ours on the same machine and the ratio is printed — machines of one kind
+differ by up to 3x, so only a side-by-side ratio means anything.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +45,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PROMPT_LEN = 16
 SAMPLED = dict(temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.2, seed=0)
-REFERENCE_232M_MS = (25.0, 36.2)  # the PyTorch reference on a 2-core CPU (issue 5, fixtures README)
+REFERENCE_BENCH = Path("/work/shared/bench/reference_bench.py")
 
 
 def log(*args):
@@ -138,6 +144,13 @@ def table(results: list[dict], batch: int) -> str:
     return "\n".join(lines)
 
 
+def run_reference(ref_dir: str, ref_python: str, device: str) -> dict:
+    cmd = [ref_python, str(REFERENCE_BENCH), ref_dir, "--device", device, "--threads", "2", "--which", "gen"]
+    log(f"== reference: {' '.join(cmd)}")
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])["generation"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default="tiny,hierarchos-232m", help="comma-separated presets")
@@ -146,23 +159,33 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per configuration (default 5)")
     ap.add_argument("--quick", action="store_true", help="8 new tokens, 1 repeat (smoke test)")
     ap.add_argument("--json", default=None, help="output path (default benchmarks/results/generate-<backend>.json)")
+    ap.add_argument("--reference", metavar="REF_DIR", default=None, help="reference source dir: measure it too")
+    ap.add_argument("--ref-python", default=sys.executable, help="python of a venv with the reference's torch")
     a = ap.parse_args(argv)
     if a.quick:
         a.new_tokens, a.repeats = 8, 1
     env = environment()
     results = [bench_preset(p, new_tokens=a.new_tokens, batch=a.batch, repeats=a.repeats)
                for p in a.presets.split(",") if p]
+    reference = None
+    if a.reference:
+        reference = run_reference(a.reference, a.ref_python, "cuda" if env["backend"] == "gpu" else "cpu")
     env["load_avg_end"] = list(os.getloadavg())
     out = Path(a.json) if a.json else HERE / "results" / f"generate-{env['backend']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"environment": env, "quick": a.quick, "results": results,
-                               "reference_232m_ms_per_token": REFERENCE_232M_MS}, indent=2) + "\n")
+                               "reference_generation": reference}, indent=2) + "\n")
     print(f"{env['date']}  jax {env['jax']}  backend {env['backend']} ({', '.join(env['devices'])})  "
           f"host {env['host_cpu']} x{env['host_cores']}  load {env['load_avg'][0]:.1f}->{env['load_avg_end'][0]:.1f}"
           + ("  [quick]" if a.quick else ""))
     print(table(results, a.batch))
-    print(f"(reference PyTorch, 232M, batch 1 on a 2-core CPU: {REFERENCE_232M_MS[0]:.0f}-{REFERENCE_232M_MS[1]:.1f} "
-          f"ms/token; JSON: {out})")
+    ours = next((r["runs"]["batch1_greedy"] for r in results if r["preset"] == "hierarchos-232m"), None)
+    if reference is not None and ours is not None:
+        ref_ms = reference["median_ms_per_token"]
+        print(f"reference (PyTorch, same machine, just after): 232M batch 1 {ref_ms:.2f} ms/token -> ours "
+              f"{ours['ms_per_token']:.2f} end-to-end ({ref_ms / ours['ms_per_token']:.1f}x), "
+              f"{ours['step_ms']:.2f} per call ({ref_ms / ours['step_ms']:.1f}x)")
+    print(f"JSON: {out}")
     return 0
 
 
