@@ -313,9 +313,9 @@ def _prefill_shared(model, mode, prog: _Program, state, memory, ids, rosa, lengt
 
 
 def _prefill_per_row(model, mode, prog: _Program, state, memory, ids, rosa, lengths):
-    """Rows layout, rows starting at different positions: each row's prefill under
-    ``vmap`` with its own position (correct, but the per-row planning branch makes every
-    token cost about as much as a planning token for every row)."""
+    """Rows layout, rows starting at different positions (a continued batch): each row's
+    prefill under ``vmap`` with its own position — correct, but slow, since the model's
+    planning branch then becomes a per-row select (see :func:`_run_block`)."""
     def row(st, m, i, r, n):
         one = dataclasses.replace(prog, layout="batch")
         return _prefill_shared(model, mode, one, st, m, i, r, n[None])
