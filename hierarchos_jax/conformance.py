@@ -95,6 +95,18 @@ class Replayer:
         self.model, self.config = loaded.model, loaded.config
         self.runner = Runner(self.model)
         self.parity = bool(self.config.inference_logit_parity or self.config.full_sample_bptt)
+        self.eos_id = self._eos_id(case_dir / self.case.get("model_dir", "model"))
+
+    @staticmethod
+    def _eos_id(model_dir: Path) -> int:
+        """The tokenizer's end-of-text id (the reference loop stops on it); 0 without a tokenizer."""
+        from hierarchos_jax.io.tokenizer import Tokenizer, TokenizerError
+
+        try:
+            eos = Tokenizer(model_dir).eos_id
+        except (TokenizerError, OSError):
+            return 0
+        return 0 if eos is None else int(eos)
 
     def init_carry(self, batch, memory, *, training):
         """The case's working memory, else the reference's fresh one: private rows in training
@@ -216,7 +228,7 @@ class Replayer:
         g = self.g
         prompt = np.asarray(g["gen_prompt_ids"]).reshape(1, -1)
         max_new = int(run.get("max_new_tokens", len(g["gen_generated_ids"]) if "gen_generated_ids" in g else 24))
-        eos = run.get("eos_token_id", 0)
+        eos = run.get("eos_token_id", self.eos_id)
         mode = RunMode.eval(logit_parity=self.parity)
         carry = self.init_carry(1, _memory_from_inputs(g, "gen_in_ltm_"), training=False)
         chunk = 0 if self.parity else int(cfg.training_chunk_size or 0)
