@@ -22,7 +22,7 @@ from hierarchos_jax.model.losses import chunked_lm_loss, commitment_cost, ponder
 from hierarchos_jax.model.mode import RunMode
 from hierarchos_jax.model.state import stop_gradient, zeros_state
 from hierarchos_jax.train.optimizer import OptimConfig, make_schedule, param_groups
-from hierarchos_jax.train.step import Batch, LossConfig, TrainStep, make_batch, zero_counters
+from hierarchos_jax.train.step import LossConfig, TrainStep, make_batch, zero_counters
 
 V, B, T, L = 16, 2, 12, 6
 
