@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "hierarchos_math.h"
+#include "ffi_capsule.h"
 #include "nanobind/nanobind.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -40,13 +41,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HierarchosFiniteClampF32, FiniteClampF32Impl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y
                                   .Attr<float>("m"));
 
-template <typename T>
-static nb::capsule EncapsulateFfiHandler(T* fn) {
-  static_assert(std::is_invocable_r_v<XLA_FFI_Error*, T, XLA_FFI_CallFrame*>,
-                "Encapsulated function must be an XLA FFI handler");
-  return nb::capsule(reinterpret_cast<void*>(fn));
-}
-
 NB_MODULE(_native, m) {
   m.doc() = "Hierarchos native CPU kernels (XLA FFI handlers).";
   m.attr("PLATFORM") = "cpu";
@@ -55,7 +49,7 @@ NB_MODULE(_native, m) {
       []() {
         nb::dict d;
         d["hierarchos_finite_clamp_f32"] =
-            EncapsulateFfiHandler(HierarchosFiniteClampF32);
+            hierarchos::EncapsulateFfiHandler(HierarchosFiniteClampF32);
         return d;
       },
       "Dict of XLA FFI target name -> handler capsule (platform 'cpu').");
