@@ -138,7 +138,7 @@ class Replayer:
     def run_train(self, prefix, out, want_grads):
         from flax import nnx
 
-        from hierarchos_jax.io.reference_state import state_dict_layout, to_reference
+        from hierarchos_jax.io.reference_state import state_dict_layout, to_reference, variable_at
         from hierarchos_jax.model.hierarchos import forward
         from hierarchos_jax.model.losses import chunked_lm_loss, commitment_cost, lm_loss, ponder_cost
         from hierarchos_jax.model.mode import RunMode
@@ -177,12 +177,10 @@ class Replayer:
         out[prefix + "loss_chunked"] = jax.jit(objective, static_argnums=1)(params, True)[1][0]
         if want_grads:
             grad_model = nnx.merge(graphdef, grads)
-            from hierarchos_jax.io.reference_state import _variable
-
             for e in state_dict_layout(cfg):
                 if e.kind == "buffer" or e.name == "lm_head.weight":
                     continue
-                out[f"{prefix}grad__{e.name}"] = to_reference(e.kind, np.asarray(_variable(grad_model, e.path)[...]))
+                out[f"{prefix}grad__{e.name}"] = to_reference(e.kind, np.asarray(variable_at(grad_model, e.path)[...]))
 
     # -- multi-chunk: the trainer's TBPTT carry (drift seeded at chunk starts)
     def run_chunks(self, prefix, run, training, out):

@@ -91,7 +91,8 @@ def _cell(prefix: str) -> Iterator[Entry]:
         yield Entry(f"{prefix}.{ref}", f"{prefix}.{ours}", kind)
 
 
-def _variable(model, path: str) -> nnx.Variable:
+def variable_at(model, path: str) -> nnx.Variable:
+    """The NNX variable at a dotted attribute path of :func:`state_dict_layout` (e.g. ``h_rnn.key.kernel``)."""
     obj = model
     for part in path.split("."):
         obj = getattr(obj, part)
@@ -136,7 +137,7 @@ def export_state_dict(model) -> "OrderedDict[str, np.ndarray]":
             out[e.name] = buffers[e.name]
             continue
         if e.path not in cache:
-            cache[e.path] = to_reference(e.kind, np.asarray(_variable(model, e.path)[...]))
+            cache[e.path] = to_reference(e.kind, np.asarray(variable_at(model, e.path)[...]))
         out[e.name] = cache[e.path]
     return out
 
@@ -177,7 +178,7 @@ def import_state_dict(model, state_dict) -> None:
         if value.dtype.kind not in "f" and value.dtype.name != "bfloat16":
             raise StateDictError(f"'{e.name}' has dtype {value.dtype}, expected floating point")
         value = from_reference(e.kind, value.astype(np.float32))
-        var = _variable(model, e.path)
+        var = variable_at(model, e.path)
         if tuple(value.shape) != tuple(var[...].shape):
             raise StateDictError(
                 f"'{e.name}' has shape {tuple(to_reference(e.kind, value).shape)}, the config needs "
