@@ -7,14 +7,38 @@ import os
 import shutil
 import sys
 
-from . import conformance, export, generate, info, quickstart, train
+import importlib
+
 from ._common import CLIError
 
 PROG = "hierarchos"
 DIST_NAME = "hierarchos-jax"
 
-# One module per command group, each with register(subparsers).
-COMMAND_MODULES = (export, info, conformance, generate, train, quickstart)
+# One module per command group (cli/<name>.py), each with register(subparsers);
+# the order here is the order of `hierarchos --help`.
+COMMAND_MODULE_NAMES = (
+    "quickstart",
+    "train",
+    "finetune",
+    "merge_lora",
+    "expand",
+    "chunk",
+    "train_tokenizer",
+    "ckpt_2_inf",
+    "plot",
+    "generate",
+    "chat",
+    "quantize",
+    "benchmark",
+    "perplexity",
+    "export",
+    "info",
+    "conformance",
+)
+
+
+def command_modules():
+    return [importlib.import_module(f"{__package__}.{name}") for name in COMMAND_MODULE_NAMES]
 
 
 class UsageError(Exception):
@@ -58,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=version_string())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS, prog=PROG)
-    for module in COMMAND_MODULES:
+    for module in command_modules():
         module.register(sub)
     # The command list, one line per command, built from the registered parsers.
     commands = [(a.dest, a.help or "") for a in sub._choices_actions]
