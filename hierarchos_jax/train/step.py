@@ -10,8 +10,8 @@ between chunks under stop-gradient (the previous chunk's drift is the next chunk
 accumulates the gradients and applies one AdamW update — all under one ``jax.jit`` with
 the parameters and optimizer state donated.
 
-LTM training mode: read-only (the forward retrieves from the per-row working memory,
-nothing is written).
+Options (:class:`StepOptions`): LTM training mode (read-only or the Titans inner update,
+§5.8), full-sample BPTT (§5.7), per-token rematerialisation, bf16 compute (§5.11).
 """
 
 from __future__ import annotations
@@ -51,6 +51,53 @@ class LossConfig:
     loss_rows_per_chunk: int = 0                # chunked CE: rows of [B*T] per logits block
 
 
+LTM_TRAINING_MODES = ("read-only", "inner-update")
+_INNER_ALIASES = frozenset({"inner-update", "inner", "gradient", "grad", "titans", "titans-inner-update"})
+_READ_ONLY_ALIASES = frozenset({"read-only", "readonly", "inference", "inference-like", "off", "none"})
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def normalize_ltm_training_mode(mode) -> str:
+    """§5.8: case-insensitive, ``_`` -> ``-``; read-only aliases -> ``"read-only"``, every
+    other value (the inner-update aliases included) -> ``"inner-update"``."""
+    s = str(mode).strip().lower().replace("_", "-")
+    return "read-only" if s in _READ_ONLY_ALIASES else "inner-update"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """Train-step options beyond the loss (spec §5.7, §5.8, §5.11, §6.3).
+
+    ``min_ltm_lr=None`` means the LR floor of the optimizer (``--min-lr``); the caller
+    resolves it (``min_ltm_lr = args.min_ltm_lr if given else args.min_lr``), else 1e-6
+    (the reference CLI's ``--min-lr`` default) is used. ``ltm_total_steps`` is ``U`` of
+    the LTM cosine (the same total update count as the LR schedule).
+    """
+
+    ltm_training_mode: str = "read-only"
+    ltm_lr: float = 1e-3
+    min_ltm_lr: float | None = None
+    ltm_total_steps: int = 1
+    disable_ltm_lr_schedule: bool = False
+    grad_clip: float = 1.0                  # the inner update's clip value (§5.8 step 3)
+    full_sample_bptt: bool = False
+    full_sample_segment_size: int = 128
+    full_sample_remat: bool = True
+    remat_tokens: bool = True
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "ltm_training_mode", normalize_ltm_training_mode(self.ltm_training_mode))
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+        if self.full_sample_segment_size <= 0:
+            raise ValueError(f"full_sample_segment_size must be > 0, got {self.full_sample_segment_size}")
+
+    @property
+    def inner_update(self) -> bool:
+        return self.ltm_training_mode == "inner-update"
+
+
 class Batch(NamedTuple):
     """One accumulation window: every array is ``[A, B, T]`` (``warmup_step`` is ``[A]``)."""
 
@@ -66,10 +113,11 @@ class Counters(NamedTuple):
     updates: jax.Array          # optimizer updates applied
     skipped: jax.Array          # updates skipped (non-finite loss or gradient)
     nonfinite_batches: jax.Array  # micro-batches whose loss was non-finite
+    ltm_steps: jax.Array = 0    # position s of the LTM LR cosine (§6.3; advances in inner-update mode only)
 
 
 def zero_counters() -> Counters:
-    return Counters(jnp.int32(0), jnp.int32(0), jnp.int32(0))
+    return Counters(jnp.int32(0), jnp.int32(0), jnp.int32(0), jnp.int32(0))
 
 
 # ---------------------------------------------------------------- pieces (pure)
@@ -258,7 +306,7 @@ def train_step(graphdef, rest, cfg, lc: LossConfig, tx, schedule, params, opt_st
     opt_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_opt, opt_state)
     skipped = (has & ~ok) | (n_bad > 0)
     counters = Counters(counters.updates + ok.astype(jnp.int32), counters.skipped + skipped.astype(jnp.int32),
-                        counters.nonfinite_batches + n_bad)
+                        counters.nonfinite_batches + n_bad, counters.ltm_steps)
     tokens = jnp.sum(batch.attention_mask.astype(jnp.float32))
     return params, opt_state, counters, StepMetrics(loss, ce, z, ponder, commit, gnorm, lr, tokens, ok)
 
@@ -267,13 +315,18 @@ class TrainStep:
     """``params, opt_state, counters, metrics = step(params, opt_state, counters, batch, divisor)``
     under one ``jax.jit`` with ``params`` and ``opt_state`` donated."""
 
-    def __init__(self, graphdef, rest, model_config, loss_config: LossConfig, tx, schedule):
+    def __init__(self, graphdef, rest, model_config, loss_config: LossConfig, tx, schedule,
+                 options: StepOptions = StepOptions()):
+        if (options.inner_update or options.full_sample_bptt or not options.remat_tokens
+                or options.compute_dtype != "float32"):
+            raise NotImplementedError("train-step options other than read-only fp32 TBPTT are not implemented yet")
         fn = functools.partial(train_step, graphdef, rest, model_config, loss_config, tx, schedule)
         self._jit = jax.jit(fn, donate_argnums=(0, 1))
 
     def __call__(self, params, opt_state, counters: Counters, batch: Batch, divisor=None):
         if divisor is None:
             divisor = batch.input_ids.shape[0]
+        counters = Counters(*(jnp.asarray(c, jnp.int32) for c in counters))
         return self._jit(params, opt_state, counters, batch, jnp.float32(divisor))
 
 
@@ -290,13 +343,18 @@ def pad_to_chunks(x: np.ndarray, L: int, fill) -> np.ndarray:
 
 
 def make_batch(input_ids, labels, attention_mask, vocab_size: int, *, chunk_size: int, warmup_step=0.0,
-               loss_weights=None, use_rosa: bool = True) -> Batch:
+               loss_weights=None, use_rosa: bool = True, rosa_ids=None) -> Batch:
     """Stack host micro-batches ``[A, B, T]`` (or one ``[B, T]``) into a :class:`Batch`:
-    padded to a multiple of the chunk size, ROSA ids computed per row on its real tokens."""
+    padded to a multiple of the chunk size, ROSA ids computed per row on its real tokens
+    (or taken from ``rosa_ids``, same shape as ``input_ids``, when the data pipeline
+    precomputed them; padding gets the sentinel ``vocab_size``)."""
     ids = np.asarray(input_ids)
     if ids.ndim == 2:
         ids, labels, attention_mask = ids[None], np.asarray(labels)[None], np.asarray(attention_mask)[None]
         loss_weights = None if loss_weights is None else np.asarray(loss_weights)[None]
+        rosa_ids = None if rosa_ids is None else np.asarray(rosa_ids)[None]
+    if rosa_ids is not None and np.shape(rosa_ids) != ids.shape:
+        raise ValueError(f"rosa_ids have shape {np.shape(rosa_ids)}, input_ids {ids.shape}")
     labels = np.asarray(labels)
     mask = np.asarray(attention_mask)
     weights = np.ones(ids.shape, np.float32) if loss_weights is None else np.asarray(loss_weights, np.float32)
@@ -304,7 +362,9 @@ def make_batch(input_ids, labels, attention_mask, vocab_size: int, *, chunk_size
     labels = pad_to_chunks(labels, chunk_size, IGNORE_INDEX)
     mask = pad_to_chunks(mask, chunk_size, 0)
     weights = pad_to_chunks(weights, chunk_size, 0.0)
-    if use_rosa:
+    if rosa_ids is not None:
+        rosa = pad_to_chunks(np.asarray(rosa_ids), chunk_size, vocab_size)
+    elif use_rosa:
         rosa = np.stack([rosa_lib.rosa_ids_for_padded(ids[a], attention_mask=mask[a], vocab_size=vocab_size)
                          for a in range(ids.shape[0])])
     else:
