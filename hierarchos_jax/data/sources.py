@@ -1,0 +1,159 @@
+"""Choose the data source from the options and load it into a random-access store of examples
+(spec/training.md §4.1, in this port's terms).
+
+* ``--hf-dataset``: records of the split, formatted (§3).
+* ``--pre-pt-dataset``/``--train`` on a consolidated chunk directory (``manifest.json`` made by
+  ``hierarchos chunk``): memory-mapped, as stored. A reference ``.pt`` chunk directory is refused
+  with one line pointing to ``hierarchos chunk``.
+* ``--pre-chunked-dataset``: JSONL rows of exactly ``max_length`` tokens (§4.4), read one line at
+  a time; only the effective part of each row is kept.
+* ``--train`` otherwise: JSON/JSONL/CSV/Parquet/text records, formatted; JSONL rows that carry
+  ``input_ids`` are taken as pre-tokenized (§3.6).
+
+Skipped records are counted in :class:`~hierarchos_jax.data.stats.DataStats` (first few reported).
+With ``--auto-max-length`` (§3.7) records are formatted with a 9999-token limit and the row length
+becomes the longest + 16 rounded up to a multiple of 8 (no record is longer, so no re-formatting
+is needed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from hierarchos_jax.data import consolidated as chunks
+from hierarchos_jax.data.examples import ExampleStore
+from hierarchos_jax.data.formatting import Rejected, format_record
+from hierarchos_jax.data.options import FormatOptions
+from hierarchos_jax.data.pretokenized import (
+    has_token_ids,
+    prechunked_example,
+    pretokenized_example,
+)
+from hierarchos_jax.data.readers import (
+    JSONL_SUFFIXES,
+    Malformed,
+    data_files,
+    iter_file,
+    iter_records,
+)
+from hierarchos_jax.data.stats import DataStats
+from hierarchos_jax.data.tokens import pad_id as tokenizer_pad_id
+
+AUTO_SCAN_LENGTH = 9999
+
+
+@dataclasses.dataclass
+class LoadedData:
+    store: object               # ExampleStore or consolidated.ShardedStore
+    stats: DataStats
+    max_length: int
+    description: str
+    preserve_order: bool = False
+
+
+def auto_max_length(longest: int) -> int:
+    """``round_up_to_multiple_of_8(longest + 16)``."""
+    return (int(longest) + 23) & ~7
+
+
+def refuse_reference_pt_dir(path) -> ValueError:
+    return ValueError(f"{path}: a reference .pt chunk directory (PyTorch pickles) is not read by this port; "
+                      f"re-create it with 'hierarchos chunk --dataset YOUR_KAYLA.jsonl --output-dir DIR' "
+                      f"and train with --train DIR")
+
+
+def load_source(args, tokenizer, *, max_length: int, progress: bool = True) -> LoadedData:
+    train = getattr(args, "train", None)
+    pad = tokenizer_pad_id(tokenizer)
+    if getattr(args, "hf_dataset", None):
+        from hierarchos_jax.data.hub import iter_hf_records
+
+        records = iter_hf_records(args.hf_dataset, config=args.hf_dataset_config,
+                                  split=args.hf_dataset_split or "train", revision=args.hf_dataset_revision)
+        return _format_all(records, tokenizer, args, max_length, pad, f"Hugging Face dataset {args.hf_dataset}",
+                           progress)
+    if not train or train is True:
+        raise ValueError("no training data: give --train PATH or --hf-dataset NAME")
+    path = Path(train)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory (--train)")
+    if getattr(args, "pre_pt_dataset", False) or chunks.is_consolidated(path):
+        if chunks.is_consolidated(path):
+            return _consolidated(path, pad, max_length)
+        if chunks.is_reference_pt_dir(path) or path.suffix == ".pt":
+            raise refuse_reference_pt_dir(path)
+        raise ValueError(f"{path}: --pre-pt-dataset needs a directory made by 'hierarchos chunk' (manifest.json)")
+    if path.is_dir() and chunks.is_reference_pt_dir(path) and not getattr(args, "pre_chunked_dataset", False):
+        raise refuse_reference_pt_dir(path)
+    if getattr(args, "pre_chunked_dataset", False):
+        return _prechunked(path, max_length, pad, progress)
+    return _format_all(iter_records(path), tokenizer, args, max_length, pad, f"{path}", progress)
+
+
+def _progress(iterable, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, unit=" records", leave=False, mininterval=1.0)
+
+
+def _format_all(records, tokenizer, args, max_length, pad, description, progress) -> LoadedData:
+    opts = FormatOptions.from_args(args)
+    auto = bool(getattr(args, "auto_max_length", False))
+    limit = AUTO_SCAN_LENGTH if auto else int(max_length)
+    stats, examples = DataStats(), []
+    for where, record in _progress(records, "formatting", progress):
+        if isinstance(record, Malformed):
+            stats.skip(where, record.reason)
+            continue
+        ex = None
+        if has_token_ids(record):
+            ex = pretokenized_example(record, limit, pad)
+        if ex is None:
+            ex = format_record(record, tokenizer, limit, opts)
+        if isinstance(ex, Rejected):
+            stats.skip(where, ex.reason)
+            continue
+        stats.kept()
+        examples.append(ex)
+    if not examples:
+        raise ValueError(f"{description}: no usable records ({stats.summary()})")
+    store = ExampleStore.from_examples(examples, pad_id=pad)
+    if auto:
+        max_length = auto_max_length(int(store.lengths.max()))
+    return LoadedData(store, stats, int(max_length), description)
+
+
+def _prechunked(path: Path, max_length: int, pad: int, progress: bool) -> LoadedData:
+    stats, examples = DataStats(), []
+    for file in data_files(path, JSONL_SUFFIXES):
+        for where, record in _progress(iter_file(file), f"reading {file.name}", progress):
+            ex = Rejected(record.reason) if isinstance(record, Malformed) else prechunked_example(record, max_length)
+            if isinstance(ex, Rejected):
+                stats.skip(where, ex.reason)
+                continue
+            stats.kept()
+            examples.append(ex)
+    if not examples:
+        raise ValueError(f"{path}: no pre-chunked rows of --max-length {max_length} tokens ({stats.summary()})")
+    return LoadedData(ExampleStore.from_examples(examples, pad_id=0), stats, int(max_length),
+                      f"pre-chunked {path}")
+
+
+def _consolidated(path: Path, pad: int, max_length: int) -> LoadedData:
+    store, manifest = chunks.open_consolidated(path)
+    if len(store) == 0:
+        raise ValueError(f"{path}: the chunk directory holds no rows"
+                         + (" (only JSONL shards: train on them with --pre-chunked-dataset)"
+                            if manifest.get("jsonl_shards") else ""))
+    stats = DataStats(records_read=len(store), examples=len(store))
+    if int(manifest.get("pad_id", pad)) != pad:
+        print(f"hierarchos: warning: {path} was padded with id {manifest.get('pad_id')} but the tokenizer pads "
+              f"with {pad}; using the directory's", flush=True)
+    longest = int(store.lengths.max())
+    if longest > max_length:
+        print(f"hierarchos: warning: {path} holds rows of up to {longest} tokens, longer than --max-length "
+              f"{max_length} (rows are used whole, as the reference's chunk loader does)", flush=True)
+    return LoadedData(store, stats, int(max_length), f"chunk directory {path}", preserve_order=True)
