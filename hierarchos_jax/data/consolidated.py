@@ -44,8 +44,18 @@ def is_consolidated(path) -> bool:
 
 
 def is_reference_pt_dir(path) -> bool:
+    """A reference chunk directory: ``.pt`` files, or a ``manifest.jsonl`` that points to them."""
     path = Path(path)
-    return path.is_dir() and ((path / "manifest.jsonl").is_file() or any(path.glob("*.pt")))
+    if not path.is_dir():
+        return False
+    if any(path.glob("*.pt")):
+        return True
+    try:
+        with open(path / "manifest.jsonl", encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        return str(json.loads(first).get("file_path", "")).endswith(".pt") if first else False
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class ChunkWriter:
