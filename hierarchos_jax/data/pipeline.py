@@ -126,6 +126,7 @@ class TrainData:
     seed: int
     description: str
     read_options: grain.ReadOptions
+    store: object = None        # the examples (ExampleStore / consolidated.ShardedStore)
 
     def iterator(self) -> TrainIterator:
         return TrainIterator(self)
@@ -149,7 +150,7 @@ def make_train_data(loaded, *, vocab_size: int, batch_size: int, chunk_size: int
     threads = max(int(threads), 0)
     return TrainData(ds, plan.batches_per_epoch, loaded.stats, len(store), int(store.num_tokens),
                      int(loaded.max_length), int(batch_size), int(seed), loaded.description,
-                     grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, 2 * threads)))
+                     grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, 2 * threads)), store)
 
 
 def check_supervision(data: TrainData, *, prompt_completion_mode: bool, train_prompt_tokens: bool,

@@ -78,16 +78,16 @@ def load_source(args, tokenizer, *, max_length: int, progress: bool = True) -> L
     path = Path(train)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory (--train)")
+    if getattr(args, "pre_chunked_dataset", False):
+        return _prechunked(path, max_length, pad, progress)
     if getattr(args, "pre_pt_dataset", False) or chunks.is_consolidated(path):
         if chunks.is_consolidated(path):
             return _consolidated(path, pad, max_length)
         if chunks.is_reference_pt_dir(path) or path.suffix == ".pt":
             raise refuse_reference_pt_dir(path)
         raise ValueError(f"{path}: --pre-pt-dataset needs a directory made by 'hierarchos chunk' (manifest.json)")
-    if path.is_dir() and chunks.is_reference_pt_dir(path) and not getattr(args, "pre_chunked_dataset", False):
+    if path.is_dir() and chunks.is_reference_pt_dir(path):
         raise refuse_reference_pt_dir(path)
-    if getattr(args, "pre_chunked_dataset", False):
-        return _prechunked(path, max_length, pad, progress)
     return _format_all(iter_records(path), tokenizer, args, max_length, pad, f"{path}", progress)
 
 
