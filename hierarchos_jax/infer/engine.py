@@ -216,13 +216,16 @@ class _Program:
     masked: bool                # rows may be inactive (batch > 1)
     row_memory: bool            # rows layout with per-row working memories
     aligned_prefill: bool = True  # rows layout: every row starts the prompt at the same position
+    source_filter: int | None = None  # retrieval reads only slots of this source (spec §13)
+    min_timestamp: float = 0.0        # ... and of model timestamp >= this (when > 0)
 
 
-def _block(model, mode, state, memory, ids, rosa, *, seeded: bool):
+def _block(model, mode, prog: _Program, state, memory, ids, rosa, *, seeded: bool):
     """Run one block ``ids [b, T]`` from ``state`` (memory held apart); returns the new
     state and the last token's final hidden ``[b, C]``."""
     out, new = forward(model, ids, state._replace(memory=memory), mode=mode, rosa_ids=rosa,
-                       drift_seed=state.drift if seeded else None)
+                       drift_seed=state.drift if seeded else None, min_timestamp=prog.min_timestamp,
+                       source_filter=prog.source_filter)
     return new._replace(memory=None), out.hidden[:, -1]
 
 
@@ -252,13 +255,13 @@ def _run_block(model, mode, prog: _Program, state, memory, ids, rosa, *, seeded:
     Each row's true position is carried in ``state.position`` and advanced here.
     """
     if prog.layout == "batch":
-        return _block(model, mode, state, memory, ids, rosa, seeded=seeded)
+        return _block(model, mode, prog, state, memory, ids, rosa, seeded=seeded)
     mem = WorkingMemory(*(a[:, None] for a in memory)) if prog.row_memory else memory
 
     def row(st, m, i, r):
         if position is not None:
             st = st._replace(position=position)
-        return _block(model, mode, st, m, i, r, seeded=seeded)
+        return _block(model, mode, prog, st, m, i, r, seeded=seeded)
 
     new, hidden = jax.vmap(row, in_axes=(0, 0 if prog.row_memory else None, 0, None if rosa is None else 0))(
         state, mem, ids, rosa)
@@ -526,12 +529,15 @@ class GenerationEngine:
         return GenerationState(state, rosa, layout)
 
     def _program(self, *, layout, sampling: SamplingParams, stop: StopConditions, eos_ids, batch,
-                 memory, aligned_prefill: bool) -> _Program:
+                 memory, aligned_prefill: bool, source_filter: int | None = None,
+                 min_timestamp: float = 0.0) -> _Program:
         stats_eos = (eos_ids[0] if eos_ids else -1) if stop.uncertainty else None
         return _Program(layout=layout, seed_chunk=self.chunk_size if self.seeded else 0,
                         piece=self.prefill_piece, greedy_only=sampling.greedy,
                         stats_eos=stats_eos, candidates=self.candidates, masked=batch > 1,
-                        row_memory=layout == "rows" and memory.rows > 1, aligned_prefill=aligned_prefill)
+                        row_memory=layout == "rows" and memory.rows > 1, aligned_prefill=aligned_prefill,
+                        source_filter=None if source_filter is None else int(source_filter),
+                        min_timestamp=float(min_timestamp))
 
     def prefill(self, prompts: Sequence[Sequence[int]], gen_state: GenerationState, prog: _Program,
                 sampling: SamplingArrays, keys: jax.Array):
@@ -607,14 +613,16 @@ class GenerationEngine:
     def stream_batch(self, prompts: Sequence[str | Sequence[int]], sampling: SamplingParams = SamplingParams(),
                      stop: StopConditions = StopConditions(), *, state: GenerationState | None = None,
                      memory: WorkingMemory | None = None, batch_mode: str = "independent",
-                     record_logits: bool = False) -> GenerationStream:
+                     record_logits: bool = False, source_filter: int | None = None,
+                     min_timestamp: float = 0.0) -> GenerationStream:
         """Generate from every prompt; a :class:`GenerationStream` of :class:`TokenEvent`.
 
         ``state`` continues a previous generation (its final ``GenerationState``: the prompt
         then starts at the carried absolute position, with the carried ROSA history; the
         given state is not modified). ``memory`` sets the initial working memory of a fresh
         state. ``record_logits`` keeps every call's last-position logits (a host copy per
-        token: for tests and inspection).
+        token: for tests and inspection). ``source_filter`` / ``min_timestamp`` restrict LTM
+        retrieval to slots of that source / of model timestamp at least that (spec §13).
         """
         if isinstance(prompts, str):
             raise ValueError("prompts must be a sequence of prompts")
@@ -649,7 +657,8 @@ class GenerationEngine:
             gen_state = GenerationState(state.state, rosa, layout)
         starts = np.broadcast_to(np.asarray(gen_state.state.position), (B,)).astype(int)
         prog = self._program(layout=layout, sampling=sampling, stop=stop, eos_ids=eos_ids, batch=B,
-                             memory=gen_state.state.memory, aligned_prefill=len(set(starts.tolist())) == 1)
+                             memory=gen_state.state.memory, aligned_prefill=len(set(starts.tolist())) == 1,
+                             source_filter=source_filter, min_timestamp=min_timestamp)
         stream = GenerationStream()
         stream._gen = self._run(stream, ids, gen_state, prog, sampling, stop, eos_ids, record_logits,
                                 [int(p) + len(q) for p, q in zip(starts, ids)])
