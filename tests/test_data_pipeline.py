@@ -93,7 +93,7 @@ def test_length_bucketing_invariants(preserve_order):
     again = epoch_batches(lengths, B, seed=7, epoch=1, window=Wb, preserve_order=preserve_order)
     assert [b.tolist() for b in again] == [b.tolist() for b in plans[1]]     # a function of (seed, epoch)
     # bucketing lowers padding against a plain shuffle
-    pad = lambda bs: sum(len(b) * lengths[b].max() - lengths[b].sum() for b in bs)  # noqa: E731
+    pad = lambda bs: sum(len(b) * lengths[b].max() - lengths[b].sum() for b in bs)
     plain = epoch_batches(lengths, B, seed=7, epoch=0, bucketing=False)
     assert pad(plans[0]) < pad(plain)
 
@@ -134,15 +134,16 @@ def test_seed_determinism(tok, corpus):
     assert same(a, b) and not same(a, c)
 
 
-def test_state_restore_continues_the_same_batches(tok, corpus):
-    data = build(tok, corpus, "--length-bucket-size", "8", batch_size=3)
+@pytest.mark.parametrize("threads", ["0", "2"])
+def test_state_restore_continues_the_same_batches(tok, corpus, threads):
+    data = build(tok, corpus, "--length-bucket-size", "8", "--num-workers", threads, batch_size=3)
     assert data.batches_per_epoch == 13
     it = data.iterator()
     take(it, 11)
     state = json.loads(json.dumps(it.get_state()))   # JSON-serialisable
     assert state["next_index"] == 11 and state["epoch"] == 0 and state["step"] == 11
     expected = take(it, 9)                            # crosses into epoch 1
-    fresh = build(tok, corpus, "--length-bucket-size", "8", batch_size=3).iterator()
+    fresh = build(tok, corpus, "--length-bucket-size", "8", "--num-workers", threads, batch_size=3).iterator()
     fresh.set_state(state)
     assert same(take(fresh, 9), expected)
     assert fresh.epoch == 1 and fresh.step_in_epoch == 7

@@ -15,7 +15,7 @@ import numpy as np
 
 from hierarchos_jax.data.examples import IGNORE, Example
 from hierarchos_jax.data.options import FormatOptions
-from hierarchos_jax.data.tokens import encode, require_eos
+from hierarchos_jax.data.tokens import encode_batch, require_eos
 
 TEXT_COLUMNS = ("text", "content")
 PAIR_COLUMNS = (("instruction", "output"), ("prompt", "completion"), ("question", "answer"))
@@ -127,19 +127,25 @@ def _example(ids: list[int], labels: list[int], weights: list[float] | None, M: 
                    None if weights is None else np.asarray(weights, np.float32))
 
 
-def format_record(record, tokenizer, max_length: int, opts: FormatOptions) -> Example | Rejected:
-    """Format one record into token ids, labels and optional loss weights."""
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+    """A record as text: the whole text (text mode) or the prompt and the response pieces."""
+
+    text: str | None = None
+    prompt: str | None = None
+    pieces: tuple[str, ...] = ()
+
+
+def render_record(record, opts: FormatOptions) -> Rendered | Rejected:
+    """Column resolution, rejections and templates (§3.1-3.3), before tokenization."""
     if not isinstance(record, dict):
         return Rejected(f"not a JSON object ({type(record).__name__})")
-    eos = require_eos(tokenizer)
     text_col, prompt_col, completion_col = resolve_columns(record, opts)
     if text_col:
         text = _field(record, text_col)
         if not text.strip():
             return Rejected(f"blank text ({text_col!r})")
-        ids = encode(tokenizer, text) + [eos]
-        weights = [opts.response_loss_weight] * len(ids) if opts.custom_weights else None
-        return _example(ids, list(ids), weights, max_length, eos)
+        return Rendered(text=text)
     if not (prompt_col and completion_col):
         if prompt_col or completion_col:
             return Rejected("only one of --prompt-column/--completion-column is given")
@@ -147,8 +153,36 @@ def format_record(record, tokenizer, max_length: int, opts: FormatOptions) -> Ex
     texts = prompt_response_texts(record, prompt_col, completion_col, opts)
     if isinstance(texts, Rejected):
         return texts
-    prompt, pieces = texts
-    response: list[int] = []
-    for piece in pieces:
-        response += encode(tokenizer, piece, special=False)
-    return compose(encode(tokenizer, prompt), response, eos, max_length, opts)
+    return Rendered(prompt=texts[0], pieces=tuple(texts[1]))
+
+
+def format_records(records, tokenizer, max_length: int, opts: FormatOptions) -> list[Example | Rejected]:
+    """Format many records; the texts are tokenized in batches (same ids as one at a time)."""
+    eos = require_eos(tokenizer)
+    rendered = [render_record(r, opts) for r in records]
+    ok = [r for r in rendered if isinstance(r, Rendered)]
+    special = encode_batch(tokenizer, [r.text if r.text is not None else r.prompt for r in ok], special=True)
+    plain = iter(encode_batch(tokenizer, [p for r in ok for p in r.pieces], special=False))
+    out: list[Example | Rejected] = []
+    k = 0
+    for r in rendered:
+        if isinstance(r, Rejected):
+            out.append(r)
+            continue
+        ids = special[k]
+        k += 1
+        if r.text is not None:
+            ids = ids + [eos]
+            weights = [opts.response_loss_weight] * len(ids) if opts.custom_weights else None
+            out.append(_example(ids, list(ids), weights, max_length, eos))
+            continue
+        response: list[int] = []
+        for _ in r.pieces:
+            response += next(plain)
+        out.append(compose(ids, response, eos, max_length, opts))
+    return out
+
+
+def format_record(record, tokenizer, max_length: int, opts: FormatOptions) -> Example | Rejected:
+    """Format one record into token ids, labels and optional loss weights."""
+    return format_records([record], tokenizer, max_length, opts)[0]

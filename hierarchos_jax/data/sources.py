@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hierarchos_jax.data import consolidated as chunks
 from hierarchos_jax.data.examples import ExampleStore
-from hierarchos_jax.data.formatting import Rejected, format_record
+from hierarchos_jax.data.formatting import Rejected, format_records
 from hierarchos_jax.data.options import FormatOptions
 from hierarchos_jax.data.pretokenized import (
     has_token_ids,
@@ -99,25 +99,48 @@ def _progress(iterable, desc: str, enabled: bool):
     return tqdm(iterable, desc=desc, unit=" records", leave=False, mininterval=1.0)
 
 
+FORMAT_BATCH = 512
+
+
+def _batches(iterable, n: int):
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _format_batch(items, tokenizer, limit: int, opts: FormatOptions, pad: int) -> list:
+    """``(where, Example | Rejected)`` in input order; pre-tokenized rows taken as they are."""
+    results: list = [None] * len(items)
+    todo = []
+    for k, (_, record) in enumerate(items):
+        if isinstance(record, Malformed):
+            results[k] = Rejected(record.reason)
+        elif has_token_ids(record):
+            results[k] = pretokenized_example(record, limit, pad)
+        if results[k] is None:
+            todo.append(k)
+    for k, ex in zip(todo, format_records([items[k][1] for k in todo], tokenizer, limit, opts), strict=True):
+        results[k] = ex
+    return [(items[k][0], results[k]) for k in range(len(items))]
+
+
 def _format_all(records, tokenizer, args, max_length, pad, description, progress) -> LoadedData:
     opts = FormatOptions.from_args(args)
     auto = bool(getattr(args, "auto_max_length", False))
     limit = AUTO_SCAN_LENGTH if auto else int(max_length)
     stats, examples = DataStats(), []
-    for where, record in _progress(records, "formatting", progress):
-        if isinstance(record, Malformed):
-            stats.skip(where, record.reason)
-            continue
-        ex = None
-        if has_token_ids(record):
-            ex = pretokenized_example(record, limit, pad)
-        if ex is None:
-            ex = format_record(record, tokenizer, limit, opts)
-        if isinstance(ex, Rejected):
-            stats.skip(where, ex.reason)
-            continue
-        stats.kept()
-        examples.append(ex)
+    for items in _batches(_progress(records, "formatting", progress), FORMAT_BATCH):
+        for where, ex in _format_batch(items, tokenizer, limit, opts, pad):
+            if isinstance(ex, Rejected):
+                stats.skip(where, ex.reason)
+                continue
+            stats.kept()
+            examples.append(ex)
     if not examples:
         raise ValueError(f"{description}: no usable records ({stats.summary()})")
     store = ExampleStore.from_examples(examples, pad_id=pad)

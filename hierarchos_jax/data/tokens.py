@@ -16,6 +16,13 @@ def encode(tokenizer: Tokenizer, text: str, *, special: bool = True) -> list[int
     return list(tokenizer._tok.encode(text, add_special_tokens=False).ids)
 
 
+def encode_batch(tokenizer: Tokenizer, texts: list[str], *, special: bool = True) -> list[list[int]]:
+    """Many texts at once (the ``tokenizers`` library encodes them in parallel); same ids as :func:`encode`."""
+    if not texts:
+        return []
+    return [list(e.ids) for e in tokenizer._tok.encode_batch(list(texts), add_special_tokens=special)]
+
+
 def require_eos(tokenizer: Tokenizer) -> int:
     """The EOS id every formatted sequence ends with; a tokenizer without one is refused."""
     if tokenizer.eos_id is None:
