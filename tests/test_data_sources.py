@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -235,3 +236,22 @@ def test_iter_records_yields_malformed_markers(tmp_path):
     (tmp_path / "x.jsonl").write_text('{"a": 1}\n\nnot json\n')
     out = list(iter_records(tmp_path / "x.jsonl"))
     assert out[0] == ("x.jsonl:1", {"a": 1}) and isinstance(out[1][1], Malformed) and out[1][0] == "x.jsonl:3"
+
+
+def test_tokenizer_source_resolution(tok, tmp_path):
+    from hierarchos_jax.data.tokenizer_source import load_tokenizer
+    from hierarchos_jax.io.tokenizer import TokenizerError
+
+    ns = argparse.Namespace
+    assert load_tokenizer(ns(tokenizer_path=str(tok.directory))).directory == tok.directory
+    # a model file -> its directory; a directory with one tokenizer sub-directory -> that one
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "hierarchos.pt").write_bytes(b"")
+    shutil.copytree(tok.directory, model / "tok")
+    assert load_tokenizer(ns(model_path=str(model / "hierarchos.pt"))).directory == model / "tok"
+    assert load_tokenizer(ns(model_path=None, resume_from_ckpt=str(model))).directory == model / "tok"
+    with pytest.raises(TokenizerError, match="pass --tokenizer-path"):
+        load_tokenizer(ns())
+    with pytest.raises(TokenizerError, match="not Hub names"):
+        load_tokenizer(ns(tokenizer_path="openai-community/gpt2"))
