@@ -111,15 +111,20 @@ def test_bad_paths_are_one_line_errors(tok, tmp_path):
         load(tok)
 
 
-def test_local_hf_dataset_saved_to_disk(tok, tmp_path):
+def test_local_hf_dataset_saved_to_disk(tok, tmp_path, monkeypatch):
     import datasets
 
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")  # keep ~/.cache clean
     datasets.DatasetDict({"train": datasets.Dataset.from_list(RECORDS[1:2] * 2),
                           "test": datasets.Dataset.from_list(RECORDS[:1])}).save_to_disk(tmp_path / "ds")
     assert texts(tok, load(tok, "--hf-dataset", str(tmp_path / "ds"))) == [EXPECTED[1]] * 2
     assert texts(tok, load(tok, "--hf_dataset", str(tmp_path / "ds"), "--hf_dataset_split", "test")) == EXPECTED[:1]
     with pytest.raises(ValueError, match="no split 'dev'"):
         load(tok, "--hf-dataset", str(tmp_path / "ds"), "--hf-dataset-split", "dev")
+    # a single data file goes through the matching datasets builder (split slices work)
+    (tmp_path / "f.jsonl").write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n")
+    assert texts(tok, load(tok, "--hf-dataset", str(tmp_path / "f.jsonl"), "--hf-dataset-split", "train[1:]")) == \
+        EXPECTED[1:]
 
 
 def test_hub_name_offline_is_one_line(monkeypatch):

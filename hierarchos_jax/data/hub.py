@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 
 HUB_TIMEOUT_S = 10.0
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet",
+                  ".txt": "text"}
 
 
 def _truthy(name: str) -> bool:
@@ -56,6 +58,12 @@ def load_hf_dataset(name: str, *, config: str | None = None, split: str = "train
                     raise ValueError(f"--hf-dataset {name}: no split {split!r} (has {', '.join(ds)})")
                 ds = ds[split]
             return ds
+        if path.is_file():  # one data file: the matching packaged builder
+            builder = _FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise ValueError(f"--hf-dataset {name}: unsupported data file type {path.suffix!r} "
+                                 f"(expected one of {', '.join(sorted(_FILE_BUILDERS))})")
+            return datasets.load_dataset(builder, data_files=str(path), split=split)
         if path.exists():
             return datasets.load_dataset(str(path), config, split=split)
     except ValueError:

@@ -103,7 +103,10 @@ class TrainIterator:
         if diff:
             raise ValueError("the saved data position belongs to other data or settings ("
                              + ", ".join(f"{k}: saved {state[k]}, now {mine[k]}" for k in diff) + ")")
-        self._next = int(state["next_index"])
+        try:
+            self._next = int(state["next_index"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"not a data position (no integer next_index): {state!r}"[:200]) from None
         self._it.set_state({"next_index": self._next})
 
     def close(self) -> None:
