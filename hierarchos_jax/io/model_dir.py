@@ -4,7 +4,8 @@ Both layouts share ``hierarchos_config.json`` (the full reference config) and th
 tokenizer files. A directory we write carries both weight files, so PyTorch Hierarchos
 loads it with its own loader and JAX users get a fast, code-free ``safetensors`` file.
 
-* :func:`load_model_dir` — any Hierarchos v0.21 directory -> :class:`LoadedModel`.
+* :func:`load_model_dir` — any Hierarchos v0.21 directory -> :class:`LoadedModel`
+  (also quantized directories, see :mod:`hierarchos_jax.quant.model_dir`).
 * :func:`save_model_dir` — write one, atomically (a temp directory renamed into place).
 * :func:`export_torch_dir` — ``hierarchos export-torch SRC OUT``.
 """
@@ -26,6 +27,7 @@ from hierarchos_jax.io import reference_state, torch_zip
 WEIGHTS_TORCH = "hierarchos.pt"
 WEIGHTS_SAFETENSORS = "model.safetensors"
 CONFIG_JSON = "hierarchos_config.json"
+QUANTIZED_MANIFEST = "quantization.json"  # hierarchos_jax.quant.model_dir.MANIFEST
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "added_tokens.json")
 _META_KEYS = ("completed_epoch", "training_complete", "converted_from", "tokenizer_name")
@@ -120,6 +122,10 @@ def load_model_dir(directory: str | os.PathLike) -> LoadedModel:
     directory = Path(directory)
     if not directory.exists():
         raise ModelDirError(f"{directory}: no such model directory")
+    if (directory / QUANTIZED_MANIFEST).is_file():  # written by `hierarchos quantize`
+        from hierarchos_jax.quant.model_dir import load_quantized_dir
+
+        return load_quantized_dir(directory)
     state_dict, payload, weights = read_weights(directory)
     # As the reference loader: the checkpoint's own config wins, else the JSON beside it.
     raw = infer_missing_flags(_read_config(weights.parent, payload, prefer_payload=True), state_dict)

@@ -98,7 +98,9 @@ class Hierarchos(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Tied LM head on final hidden states, clamped to +-30 (NaN -> 0)."""
-        return finite_clamp(tied_head(hidden, self.tok_emb.embedding[...]), LOGIT_CLAMP)
+        head = getattr(self.tok_emb, "head", None)  # a quantized table brings its own (hierarchos_jax.quant)
+        out = head(hidden) if head is not None else tied_head(hidden, self.tok_emb.embedding[...])
+        return finite_clamp(out, LOGIT_CLAMP)
 
 
 class StepOutputs(NamedTuple):

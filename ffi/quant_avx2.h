@@ -1,0 +1,122 @@
+// AVX2 + FMA paths of the quantized kernels (same math as ffi/quant_formats.h, 8 lanes).
+//
+// Compiled without any global -march: every function carries
+// __attribute__((target("avx2,fma"))) and ffi/quant_cpu.cc only calls them after
+// __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") at run time.
+// Dequantized weights are bit-identical to the scalar path (same float32 products;
+// Q2_K's q*step + dmin is kept as two roundings); dot products differ from the scalar
+// path only in summation order.
+#ifndef HIERARCHOS_FFI_QUANT_AVX2_H_
+#define HIERARCHOS_FFI_QUANT_AVX2_H_
+
+#if defined(__x86_64__) || defined(__i386__)
+#define HIERARCHOS_QUANT_HAVE_AVX2_PATH 1
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "quant_formats.h"
+
+#define HQ_AVX2 __attribute__((target("avx2,fma")))
+
+namespace hierarchos {
+namespace quant {
+namespace avx2 {
+
+// Decode one block into float vectors: 4 (32-weight formats) or 32 (Q2_K) __m256.
+template <int QT>
+HQ_AVX2 inline void DecodeBlock(const uint8_t* blk, __m256* w) {
+  const __m256 d = _mm256_set1_ps(LoadF32(blk));
+  if constexpr (QT == kQ8_0) {
+    for (int i = 0; i < 4; ++i) {
+      const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 4 + 8 * i));
+      w[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)), d);
+    }
+  } else if constexpr (QT == kQ2_K) {
+    const __m256 dmin = _mm256_set1_ps(LoadF32(blk + 4));
+    // Element l of a 16-weight half sits in the half's 32-bit word at bit 8*(l/4) + 2*(l%4).
+    const __m256i shift_lo = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+    const __m256i shift_hi = _mm256_setr_epi32(16, 18, 20, 22, 24, 26, 28, 30);
+    const __m256i three = _mm256_set1_epi32(3);
+    for (int half = 0; half < 16; ++half) {
+      const unsigned s = (blk[8 + half / 2] >> (4 * (half % 2))) & 0xFu;
+      const __m256 step = _mm256_mul_ps(_mm256_set1_ps(static_cast<float>(s) / 15.0f), d);
+      uint32_t word;
+      std::memcpy(&word, blk + 24 + 4 * half, 4);
+      const __m256i v = _mm256_set1_epi32(static_cast<int>(word));
+      const __m256i q0 = _mm256_and_si256(_mm256_srlv_epi32(v, shift_lo), three);
+      const __m256i q1 = _mm256_and_si256(_mm256_srlv_epi32(v, shift_hi), three);
+      __m256 p0 = _mm256_mul_ps(_mm256_cvtepi32_ps(q0), step);
+      __m256 p1 = _mm256_mul_ps(_mm256_cvtepi32_ps(q1), step);
+      // Keep q*step + dmin as two roundings (bit-equal to the scalar and NumPy paths):
+      // the empty asm stops the compiler from contracting mul+add into an FMA.
+      __asm__("" : "+x"(p0), "+x"(p1));
+      w[2 * half] = _mm256_add_ps(p0, dmin);
+      w[2 * half + 1] = _mm256_add_ps(p1, dmin);
+    }
+  } else {  // INT4 / Q4_0: code = (nibble ^ flip) - 8
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(bytes, mask);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+    const __m128i flip = _mm_set1_epi8(QT == kInt4 ? 8 : 0);
+    const __m128i eight = _mm_set1_epi8(8);
+    // unpack lo/hi back into element order 0..15 and 16..31
+    const __m128i e0 = _mm_sub_epi8(_mm_xor_si128(_mm_unpacklo_epi8(lo, hi), flip), eight);
+    const __m128i e1 = _mm_sub_epi8(_mm_xor_si128(_mm_unpackhi_epi8(lo, hi), flip), eight);
+    w[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(e0)), d);
+    w[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(e0, 8))), d);
+    w[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(e1)), d);
+    w[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(e1, 8))), d);
+  }
+}
+
+HQ_AVX2 inline float HorizontalSum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+template <int QT>
+HQ_AVX2 float DotRow(const float* a, const uint8_t* row, int64_t k) {
+  constexpr int bw = BlockWeights(QT), bb = BlockBytes(QT), nv = bw / 8;
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 w[nv];
+  for (int64_t b = 0; b < k / bw; ++b) {
+    DecodeBlock<QT>(row + b * bb, w);
+    const float* ab = a + b * bw;
+    for (int i = 0; i < nv; ++i) acc[i % 4] = _mm256_fmadd_ps(_mm256_loadu_ps(ab + 8 * i), w[i], acc[i % 4]);
+  }
+  return HorizontalSum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+}
+
+template <int QT>
+HQ_AVX2 void DequantizeRow(const uint8_t* row, int64_t k, float* out) {
+  constexpr int bw = BlockWeights(QT), bb = BlockBytes(QT), nv = bw / 8;
+  __m256 w[nv];
+  for (int64_t b = 0; b < k / bw; ++b) {
+    DecodeBlock<QT>(row + b * bb, w);
+    for (int i = 0; i < nv; ++i) _mm256_storeu_ps(out + b * bw + 8 * i, w[i]);
+  }
+}
+
+// k is a multiple of 32 here (a padded row width).
+HQ_AVX2 inline float DotF32(const float* a, const float* w, int64_t k) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t j = 0; j < k; j += 32) {
+    for (int i = 0; i < 4; ++i) {
+      acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8 * i), _mm256_loadu_ps(w + j + 8 * i), acc[i]);
+    }
+  }
+  return HorizontalSum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+}
+
+}  // namespace avx2
+}  // namespace quant
+}  // namespace hierarchos
+
+#undef HQ_AVX2
+#endif  // x86
+
+#endif  // HIERARCHOS_FFI_QUANT_AVX2_H_
