@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hierarchos_jax.kernels.wkv import wkv_step
 from hierarchos_jax.model import init as I
 from hierarchos_jax.model.numerics import group_norm, layer_norm, softplus
 
@@ -141,12 +142,8 @@ class RWKVCell(nnx.Module):
         k = k * (1.0 + (a - 1.0) * self.k_a[...])
 
         f32 = lambda t: t.astype(jnp.float32).reshape(B, H, N)  # noqa: E731
-        r_h, k_h, v_h = f32(r), f32(k), f32(v)
-        alpha, beta = f32(-kk), f32(kk * a)
-        decay = jnp.exp(-jnp.exp(jnp.clip(w.astype(jnp.float32), -60.0, 30.0))).reshape(B, H, N)
-        sa = jnp.einsum("bhij,bhj->bhi", S, alpha)
-        S = S * decay[:, :, None, :] + sa[..., None] * beta[:, :, None, :] + v_h[..., None] * k_h[:, :, None, :]
-        y = jnp.einsum("bhij,bhj->bhi", S, r_h).reshape(B, W).astype(x.dtype)
+        y, S = wkv_step(S, f32(r), f32(w), f32(k), f32(v), f32(-kk), f32(kk * a))
+        y = y.reshape(B, W).astype(x.dtype)
 
         y = group_norm(y, H, self.ln_x_scale[...], self.ln_x_bias[...], eps=64e-5)
         bonus = (jnp.sum(r.reshape(B, H, N) * k.reshape(B, H, N) * self.r_k[...], axis=-1, keepdims=True)

@@ -1,0 +1,1 @@
+"""Fused native kernels (XLA FFI) with their pure-JAX oracles and dispatch."""
