@@ -32,10 +32,20 @@ from flax import nnx
 
 from hierarchos_jax.config import HierarchosConfig
 from hierarchos_jax.io import model_dir as md
-from hierarchos_jax.io.reference_state import from_reference, state_dict_layout, to_reference, variable_at
+from hierarchos_jax.io.reference_state import (
+    from_reference,
+    state_dict_layout,
+    to_reference,
+    variable_at,
+)
 from hierarchos_jax.quant.formats import get_format
 from hierarchos_jax.quant.layers import QuantizedEmbed, QuantizedLinear
-from hierarchos_jax.quant.model import module_at, quantize_model, quantized_paths, set_module
+from hierarchos_jax.quant.model import (
+    module_at,
+    quantize_model,
+    quantized_paths,
+    set_module,
+)
 
 MANIFEST = "quantization.json"
 WEIGHTS = "quantized.safetensors"
@@ -85,19 +95,19 @@ def save_quantized_dir(model, out: str | os.PathLike, *, tokenizer_dir: str | os
             rows, k = ((module.out_features, module.in_features) if linear
                        else (module.num_embeddings, module.features))
             tensors[e.name] = np.asarray(module.packed[...], np.uint8)
-            packed_info[e.name] = dict(module=owner, kind="linear" if linear else "embedding", qtype=module.qtype,
-                                       shape=[rows, k], padded_k=module.padded_in if linear else module.padded_features,
-                                       has_bias=bool(linear and module.bias is not None))
+            packed_info[e.name] = {"module": owner, "kind": "linear" if linear else "embedding", "qtype": module.qtype,
+                                       "shape": [rows, k], "padded_k": module.padded_in if linear else module.padded_features,
+                                       "has_bias": bool(linear and module.bias is not None)}
             qtypes.add(module.qtype)
             continue
         tensors[e.name] = np.array(to_reference(e.kind, np.asarray(variable_at(model, e.path)[...], np.float32)),
                                    order="C", copy=True)
     if not packed_info:
         raise ValueError("model has no quantized layers: call hierarchos_jax.quant.model.quantize_model first")
-    manifest = dict(format=FORMAT_NAME, version=FORMAT_VERSION, qtype=sorted(qtypes)[0] if len(qtypes) == 1 else
-                    "mixed", weights=WEIGHTS, tied={TIED_HEAD: "tok_emb.weight"}, tensors=packed_info,
-                    metadata={k: v for k, v in (metadata or {}).items() if isinstance(v, (str, int, float, bool))
-                              or v is None})
+    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "qtype": min(qtypes) if len(qtypes) == 1 else
+                    "mixed", "weights": WEIGHTS, "tied": {TIED_HEAD: "tok_emb.weight"}, "tensors": packed_info,
+                    "metadata": {k: v for k, v in (metadata or {}).items() if isinstance(v, (str, int, float, bool))
+                              or v is None}}
     tmp = md._atomic_dir(out)
     try:
         save_file(tensors, str(tmp / WEIGHTS))
@@ -169,7 +179,7 @@ def load_quantized_dir(directory: str | os.PathLike) -> md.LoadedModel:
     weights = directory / WEIGHTS
     try:
         tensors = dict(load_file(str(weights)))
-    except Exception as e:  # safetensors raises its own error types
+    except Exception as e:  # noqa: BLE001 (safetensors raises its own error types)
         raise md.ModelDirError(f"{weights}: cannot read safetensors file ({e})") from None
     raw = md._read_config(directory, None, prefer_payload=False)
     config = HierarchosConfig.from_reference_dict(raw)
@@ -228,7 +238,7 @@ def read_summary(directory: str | os.PathLike) -> dict:
     manifest = _read_manifest(directory)
     stored = float_bytes = 0
     with safe_open(str(directory / WEIGHTS), framework="numpy") as f:
-        for name in f.keys():
+        for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
             info = manifest["tensors"].get(name)
             shape = f.get_slice(name).get_shape()
             n = int(np.prod(shape)) if shape else 1
@@ -238,5 +248,5 @@ def read_summary(directory: str | os.PathLike) -> dict:
             else:
                 stored += n
                 float_bytes += 4 * int(np.prod(info["shape"]))
-    return dict(packed=len(manifest["tensors"]), bytes=(directory / WEIGHTS).stat().st_size,
-                ratio=float_bytes / max(stored, 1))
+    return {"packed": len(manifest["tensors"]), "bytes": (directory / WEIGHTS).stat().st_size,
+                "ratio": float_bytes / max(stored, 1)}

@@ -101,7 +101,7 @@ def _xla_embed(ids, packed, fmt: Format, k: int):
 
 
 def _attrs(fmt: Format, scalar: bool) -> dict:
-    return dict(qtype=np.int64(fmt.code), threads=np.int64(_threads), scalar=np.int64(bool(scalar)))
+    return {"qtype": np.int64(fmt.code), "threads": np.int64(_threads), "scalar": np.int64(bool(scalar))}
 
 
 def _ffi_matmul(x, packed, fmt: Format, scalar: bool):
