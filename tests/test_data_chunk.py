@@ -20,6 +20,13 @@ RECORDS = [{"Instruction": "ab", "output": DIGITS, "thought-process": "t"},
            {"Instruction": "q", "feelings": "ok", "thought-process": "tt", "output": "y"}]
 
 
+
+@pytest.fixture(autouse=True)
+def _token_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Token caches of these tests go to their own temporary directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+
+
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
     return save_tokenizer_dir(train_bpe(["abc"], vocab_size=257, show_progress=False),

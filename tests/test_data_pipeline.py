@@ -18,6 +18,12 @@ from hierarchos_jax.io.tokenizer import Tokenizer
 from hierarchos_jax.model.rosa import rosa_ids_for_padded
 
 
+@pytest.fixture(autouse=True)
+def _token_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Token caches of these tests go to their own temporary directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+
+
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     return Tokenizer(save_tokenizer_dir(train_bpe(["abc"], vocab_size=257, show_progress=False),

@@ -26,6 +26,13 @@ from hierarchos_jax.io.tokenizer import Tokenizer
 RECORDS = [{"text": "alpha"}, {"instruction": "Q1", "output": "A1"}, {"prompt": "p", "completion": "c"}]
 
 
+
+@pytest.fixture(autouse=True)
+def _token_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Token caches of these tests go to their own temporary directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+
+
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     return Tokenizer(save_tokenizer_dir(train_bpe(["abc"], vocab_size=257, show_progress=False),
@@ -260,3 +267,39 @@ def test_tokenizer_source_resolution(tok, tmp_path):
         load_tokenizer(ns())
     with pytest.raises(TokenizerError, match="not Hub names"):
         load_tokenizer(ns(tokenizer_path="openai-community/gpt2"))
+
+
+def test_token_cache_hit_gives_the_same_batches_and_stats(tok, tmp_path, capsys):
+    lines = [json.dumps({"instruction": f"q{i}", "output": "a" * (i % 7 + 1)}) for i in range(40)] + ["{bad"]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    cache = tmp_path / "cache"
+    argv = ("--train", str(tmp_path / "d.jsonl"), "--local-token-cache-dir", str(cache), "--prompt-loss-weight", "0.5")
+    common = {"vocab_size": len(tok), "batch_size": 4, "seq_len": 32, "chunk_size": 8, "seed": 1}
+
+    def batches(*extra, progress=False):
+        data = build_train_data(parse(*argv, *extra), tok, progress=progress, **common)
+        it = data.iterator()
+        return data, [next(it) for _ in range(15)]
+
+    fresh, a = batches()
+    assert [p.name.startswith("local-") for p in cache.iterdir()] == [True]
+    capsys.readouterr()
+    hit, b = batches(progress=True)
+    assert "data: token cache" in capsys.readouterr().err
+    assert all(np.array_equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
+    assert hit.stats.as_dict() == fresh.stats.as_dict() and hit.stats.skipped == 1
+    assert hit.num_tokens == fresh.num_tokens and hit.max_length == 32
+    # other options or other data: another cache entry; --no-local-token-cache writes nothing
+    batches("--mask-prompt-tokens")
+    assert len(list(cache.iterdir())) == 2
+    (tmp_path / "d.jsonl").write_text("\n".join(lines[:10]) + "\n")
+    assert batches()[0].num_examples == 10 and len(list(cache.iterdir())) == 3
+    shutil.rmtree(cache)
+    batches("--no-local-token-cache")
+    assert not cache.exists()
+    # a damaged cache is rebuilt
+    batches()
+    (entry,) = cache.iterdir()
+    (entry / "shard_00000.input_ids.npy").write_bytes(b"broken")
+    assert batches()[0].num_examples == 10
+    assert np.load(entry / "shard_00000.input_ids.npy").size > 0

@@ -30,6 +30,10 @@ def _first_line(e: Exception) -> str:
     return (text[0] if text else type(e).__name__)[:300]
 
 
+def _is_commit(revision: str | None) -> bool:
+    return bool(revision) and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision.lower())
+
+
 def pin_revision(name: str, revision: str | None) -> str:
     """The commit SHA of the Hub dataset ``name`` at ``revision`` (one request, short timeout)."""
     if hub_offline():
@@ -70,7 +74,7 @@ def load_hf_dataset(name: str, *, config: str | None = None, split: str = "train
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many types; report one line
         raise ValueError(f"--hf-dataset {name}: cannot load it ({type(e).__name__}: {_first_line(e)})") from None
-    sha = pin_revision(name, revision)
+    sha = revision if _is_commit(revision) else pin_revision(name, revision)
     try:
         return datasets.load_dataset(name, config, split=split, revision=sha)
     except Exception as e:  # noqa: BLE001 - datasets raises many types; report one line

@@ -16,16 +16,12 @@ import math
 # Options accepted for compatibility with reference command lines and saved configs, with no
 # effect in this port (PyTorch DataLoader / token-cache tuning knobs).
 _COMPAT_VALUE_OPTIONS = (
-    ("hf-token-cache-dir", str), ("local-token-cache-dir", str), ("hf-shard-cache-dir", str),
     ("token-cache-build-batch-size", int), ("token-cache-write-buffer-mb", int),
     ("hf-streaming-shuffle-buffer", int), ("hf-cache-chunks-per-file", int), ("pt-cache-size", int),
     ("prefetch-factor", int), ("length-bucket-auto-tolerance", float), ("length-bucket-auto-sample-size", int),
 )
-_COMPAT_FLAGS = (
-    "no-streaming-datasets", "no-auto-length-bucket-size", "refresh-hf-token-cache", "refresh-local-token-cache",
-    "refresh-hf-shards",
-)
-_COMPAT_TOGGLES = ("hf-token-cache", "local-token-cache", "hf-auto-shard", "cuda-prefetch")
+_COMPAT_FLAGS = ("no-streaming-datasets", "no-auto-length-bucket-size", "refresh-hf-shards")
+_COMPAT_TOGGLES = ("hf-auto-shard", "cuda-prefetch")
 
 
 def _spellings(name: str) -> list[str]:
@@ -111,6 +107,21 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                       metavar="N", help="samples per length-sorting window (default 50 x batch size)")
     pipe.add_argument(*_spellings("num_workers"), dest="num_workers", type=int, default=-1, metavar="N",
                       help="host threads that collate batches and compute ROSA ids (default -1: 2)")
+    cache = parser.add_argument_group(
+        "token caches", "formatted data is saved once and memory-mapped on later runs with the same data, "
+        "tokenizer and options (default root: ~/.cache/hierarchos/token_cache)")
+    for kind, what in (("local", "local --train files"), ("hf", "--hf-dataset")):
+        cache.add_argument(*_spellings(f"{kind}-token-cache"), dest=f"{kind}_token_cache", action="store_true",
+                           default=None, help=f"cache the formatted examples of {what} (the default)")
+        cache.add_argument(*_spellings(f"no-{kind}-token-cache"), dest=f"{kind}_token_cache", action="store_false",
+                           help=f"format {what} on every run, no cache")
+        cache.add_argument(*_spellings(f"{kind}-token-cache-dir"), dest=f"{kind}_token_cache_dir", default=None,
+                           metavar="DIR", help="cache root" + (" (else --hf-token-cache-dir)" if kind == "local"
+                                                               else " (else --hf-shard-cache-dir)"))
+        cache.add_argument(*_spellings(f"refresh-{kind}-token-cache"), dest=f"refresh_{kind}_token_cache",
+                           action="store_true", help="rebuild the cache once")
+    cache.add_argument(*_spellings("hf-shard-cache-dir"), dest="hf_shard_cache_dir", default=None,
+                       help=argparse.SUPPRESS)
     compat = parser.add_argument_group("accepted for compatibility with reference command lines (no effect)")
     for name, typ in _COMPAT_VALUE_OPTIONS:
         compat.add_argument(*_spellings(name), dest=_dest(name), type=typ, default=None, help=argparse.SUPPRESS)
@@ -121,8 +132,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                             help=argparse.SUPPRESS)
         compat.add_argument(*_spellings("no-" + name), dest=_dest(name), action="store_false",
                             help=argparse.SUPPRESS)
-    compat.description = ("token caches, HF auto-sharding, DataLoader prefetch and CUDA prefetch options "
-                          "(--hf-token-cache-dir, --pt-cache-size, --prefetch-factor, ...) are parsed and ignored")
+    compat.description = ("token-cache build tuning, HF auto-sharding, DataLoader prefetch and CUDA prefetch options "
+                          "(--token-cache-build-batch-size, --pt-cache-size, --prefetch-factor, ...) are parsed "
+                          "and ignored")
 
 
 def has_data_args(args) -> bool:

@@ -10,7 +10,8 @@
 * ``--train`` otherwise: JSON/JSONL/CSV/Parquet/text records, formatted; JSONL rows that carry
   ``input_ids`` are taken as pre-tokenized (§3.6).
 
-Skipped records are counted in :class:`~hierarchos_jax.data.stats.DataStats` (first few reported).
+Formatted examples of ``--train`` files and ``--hf-dataset`` go through the token cache
+(:mod:`~hierarchos_jax.data.token_cache`) unless it is switched off. Skipped records are counted in :class:`~hierarchos_jax.data.stats.DataStats` (first few reported).
 With ``--auto-max-length`` (§3.7) records are formatted with a 9999-token limit and the row length
 becomes the longest + 16 rounded up to a multiple of 8 (no record is longer, so no re-formatting
 is needed).
@@ -19,9 +20,11 @@ is needed).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 from hierarchos_jax.data import consolidated as chunks
+from hierarchos_jax.data import token_cache
 from hierarchos_jax.data.examples import ExampleStore
 from hierarchos_jax.data.formatting import Rejected, format_records
 from hierarchos_jax.data.options import FormatOptions
@@ -50,6 +53,7 @@ class LoadedData:
     max_length: int
     description: str
     preserve_order: bool = False
+    cache_dir: Path | None = None   # the token cache these examples were read from or written to
 
 
 def auto_max_length(longest: int) -> int:
@@ -67,12 +71,19 @@ def load_source(args, tokenizer, *, max_length: int, progress: bool = True) -> L
     train = getattr(args, "train", None)
     pad = tokenizer_pad_id(tokenizer)
     if getattr(args, "hf_dataset", None):
-        from hierarchos_jax.data.hub import iter_hf_records
+        from hierarchos_jax.data.hub import iter_hf_records, pin_revision
 
-        records = iter_hf_records(args.hf_dataset, config=args.hf_dataset_config,
-                                  split=args.hf_dataset_split or "train", revision=args.hf_dataset_revision)
-        return _format_all(records, tokenizer, args, max_length, pad, f"Hugging Face dataset {args.hf_dataset}",
-                           progress)
+        name, split = args.hf_dataset, args.hf_dataset_split or "train"
+        where = {"config": args.hf_dataset_config, "split": split}
+        if Path(name).exists():
+            where["files"] = token_cache.files_fingerprint(Path(name))
+            revision = None
+        else:
+            revision = pin_revision(name, args.hf_dataset_revision)
+            where.update(hub=name, sha=revision)
+        return _format_cached(lambda: iter_hf_records(name, config=args.hf_dataset_config, split=split,
+                                                      revision=revision),
+                              where, True, tokenizer, args, max_length, pad, f"Hugging Face dataset {name}", progress)
     if not train or train is True:
         raise ValueError("no training data: give --train PATH or --hf-dataset NAME")
     path = Path(train)
@@ -88,7 +99,35 @@ def load_source(args, tokenizer, *, max_length: int, progress: bool = True) -> L
         raise ValueError(f"{path}: --pre-pt-dataset needs a directory made by 'hierarchos chunk' (manifest.json)")
     if path.is_dir() and chunks.is_reference_pt_dir(path):
         raise refuse_reference_pt_dir(path)
-    return _format_all(iter_records(path), tokenizer, args, max_length, pad, f"{path}", progress)
+    return _format_cached(lambda: iter_records(path), {"files": token_cache.files_fingerprint(path)}, False,
+                          tokenizer, args, max_length, pad, f"{path}", progress)
+
+
+def _format_cached(records, source: dict, hf: bool, tokenizer, args, max_length, pad, description,
+                   progress) -> LoadedData:
+    """:func:`_format_all` through the token cache (§4.6) unless it is switched off."""
+    root = token_cache.cache_dir_for(args, hf=hf)
+    if root is None:
+        return _format_all(records(), tokenizer, args, max_length, pad, description, progress)
+    auto = bool(getattr(args, "auto_max_length", False))
+    key = token_cache.cache_key(source=source, tokenizer=tokenizer, limit=AUTO_SCAN_LENGTH if auto else max_length,
+                                auto_max_length=auto, pad_id=pad, opts=FormatOptions.from_args(args))
+    directory = root / (("hf-" if hf else "local-") + key)
+    hit = None if token_cache.refresh_requested(args, hf=hf) else token_cache.load(directory)
+    if hit is not None:
+        store, cached_length, stats, _ = hit
+        if progress:
+            print(f"data: token cache {directory}", file=sys.stderr)
+        return LoadedData(store, stats, cached_length, description, cache_dir=directory)
+    loaded = _format_all(records(), tokenizer, args, max_length, pad, description, progress)
+    if token_cache.cacheable(loaded.store):
+        try:
+            token_cache.save(directory, loaded.store, stats=loaded.stats, max_length=loaded.max_length,
+                             description=description)
+            loaded.cache_dir = directory
+        except OSError as e:
+            print(f"hierarchos: warning: token cache not written ({e})", file=sys.stderr)
+    return loaded
 
 
 def _progress(iterable, desc: str, enabled: bool):
