@@ -76,7 +76,7 @@ def load_source(args, tokenizer, *, max_length: int, progress: bool = True) -> L
         name, split = args.hf_dataset, args.hf_dataset_split or "train"
         where = {"config": args.hf_dataset_config, "split": split}
         if Path(name).exists():
-            where["files"] = token_cache.files_fingerprint(Path(name))
+            where.update(root=str(Path(name).resolve()), files=token_cache.files_fingerprint(Path(name)))
             revision = None
         else:
             revision = pin_revision(name, args.hf_dataset_revision)
@@ -99,7 +99,8 @@ def load_source(args, tokenizer, *, max_length: int, progress: bool = True) -> L
         raise ValueError(f"{path}: --pre-pt-dataset needs a directory made by 'hierarchos chunk' (manifest.json)")
     if path.is_dir() and chunks.is_reference_pt_dir(path):
         raise refuse_reference_pt_dir(path)
-    return _format_cached(lambda: iter_records(path), {"files": token_cache.files_fingerprint(path)}, False,
+    source = {"root": str(path.resolve()), "files": token_cache.files_fingerprint(path)}
+    return _format_cached(lambda: iter_records(path), source, False,
                           tokenizer, args, max_length, pad, f"{path}", progress)
 
 
