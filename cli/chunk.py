@@ -39,6 +39,9 @@ def register(subparsers) -> None:
                    default=2048, metavar="N",
                    help="stream tokens per chunk beyond the anchor budget (the reference's fixed 2048; a port "
                         "addition; default %(default)s)")
+    p.add_argument("--no-prompt-mask", "--no_prompt_mask", dest="mask_prompt", action="store_false",
+                   help="train the instruction/feelings part too, as the reference v0.21 script really does (its "
+                        "prompt mask never applies); default: prompt labels -100 as spec/training.md 11.2 states")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -53,7 +56,7 @@ def run(args) -> int:
     summary = lib.chunk_dataset(args.dataset, tokenizer, out_dir=args.output_dir, overlap=args.overlap,
                                 reserved=args.reserved_chunk_space, chunks_per_file=args.chunks_per_file,
                                 output_format=args.output_format, jsonl_shards=args.jsonl_shards,
-                                progress=not args.no_progress)
+                                mask_prompt=args.mask_prompt, progress=not args.no_progress)
     print(summary["stats"].summary(), file=sys.stderr)
     print(f"{summary['rows']} chunks (overlap {summary['overlap']}) written to {summary['out_dir']}")
     print(f"FINAL MAX_SEQ_LENGTH: {summary['max_seq_length']} tokens (train with --max-length "

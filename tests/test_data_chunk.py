@@ -37,7 +37,7 @@ def n(s: str) -> int:
     return len(s.encode())
 
 
-def expected_rows():
+def expected_rows(mask_prompt=True):
     """Rows by hand: anchor, content window, EOS; labels -100 on anchor, prompt, overlap and EOS."""
     max_seq = n("### Thought Process:\ntt\n\n") + 16 + 30 + 1          # longest anchor + margin + reserved + 1
     rows = []
@@ -49,7 +49,7 @@ def expected_rows():
         avail = max_seq - n(anchor) - 1
         for k, start in enumerate(range(0, len(stream), avail - 10)):
             content = stream[start:start + avail]
-            masked = [j < len(prompt) - start or (k > 0 and j < 10) for j in range(len(content))]
+            masked = [(mask_prompt and j < len(prompt) - start) or (k > 0 and j < 10) for j in range(len(content))]
             rows.append((anchor + content, [True] * n(anchor) + masked + [True]))
     return max_seq, rows
 
@@ -105,3 +105,20 @@ def test_overlap_reduction_and_errors(tok_dir, tmp_path, capsys):
                  "--output-dir", str(tmp_path / "notdir"), "--no-progress"]) == 1
     assert "is not a chunk directory" in capsys.readouterr().err
     assert (tmp_path / "notdir" / "keep.txt").read_text() == "mine"
+
+
+def test_chunk_without_prompt_mask_as_the_reference_script(tok_dir, tmp_path):
+    """The reference v0.21 script computes an always-empty prompt mask; --no-prompt-mask reproduces it."""
+    src = tmp_path / "kayla.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n")
+    out = tmp_path / "chunks"
+    assert main(["chunk", "--dataset", str(src), "--tokenizer-path", str(tok_dir), "--overlap", "10",
+                 "--reserved-chunk-space", "30", "--output-dir", str(out), "--no-prompt-mask", "--no-progress"]) == 0
+    tok = Tokenizer(tok_dir)
+    p = argparse.ArgumentParser()
+    add_data_args(p)
+    data = build_train_data(p.parse_args(["--train", str(out)]), tok, vocab_size=len(tok), batch_size=2, seq_len=72,
+                            chunk_size=8, seed=0, progress=False)
+    got = sorted((tok.decode(data.store[i].input_ids), (data.store[i].labels == -100).tolist()) for i in range(5))
+    assert got == sorted((text + "<|endoftext|>", mask) for text, mask in expected_rows(mask_prompt=False)[1])
+    assert json.loads((out / "manifest.json").read_text())["prompt_masked"] is False

@@ -26,7 +26,7 @@ FORMATS = ("npy", "pt", "jsonl", "both")
 
 def chunk_dataset(dataset, tokenizer, *, out_dir, overlap: int = 1024, reserved: int = kc.RESERVED_CHUNK_SPACE,
                   chunks_per_file: int = 1000, output_format: str = "npy", jsonl_shards: int = 0,
-                  progress: bool = True) -> dict:
+                  mask_prompt: bool = True, progress: bool = True) -> dict:
     """Chunk ``dataset`` into ``out_dir``; returns the summary (``max_seq_length``, rows, ...)."""
     if output_format not in FORMATS:
         raise ValueError(f"--output-format must be one of {', '.join(FORMATS)} (got {output_format!r})")
@@ -42,13 +42,14 @@ def chunk_dataset(dataset, tokenizer, *, out_dir, overlap: int = 1024, reserved:
     overlap = kc.effective_overlap(overlap, reserved)
     stats = DataStats()
     meta = {"max_seq_length": max_seq, "pad_id": pad, "eos_id": eos, "vocab_size": len(tokenizer),
-            "overlap": overlap, "reserved_chunk_space": reserved, "source": os.fspath(dataset),
+            "overlap": overlap, "reserved_chunk_space": reserved, "prompt_masked": bool(mask_prompt), "source": os.fspath(dataset),
             "tokenizer": os.fspath(tokenizer.directory), "made_by": "hierarchos chunk (Kayla anchors)"}
     with ChunkWriter(out_dir, rows_per_shard=chunks_per_file, meta=meta) as writer, contextlib.ExitStack() as files:
         shard_files = [files.enter_context(open(writer.tmp_dir / f"chunked_shard_{k:05d}.jsonl", "w", encoding="utf-8"))
                        for k in range(shards)]
         rows = kc.iter_chunks(_progress(iter_records(dataset), "chunking", progress), tokenizer,
-                              max_seq=max_seq, overlap=overlap, reserved=reserved, stats=stats)
+                              max_seq=max_seq, overlap=overlap, reserved=reserved, mask_prompt=mask_prompt,
+                              stats=stats)
         n = 0
         for row in rows:
             if write_npy:

@@ -6,8 +6,9 @@ Per sample: ``anchor = enc("### Thought Process:\\n") + enc(thought) + enc("\\n\
 cut to the anchor budget); the stream ``S = enc("### Instruction:\\n" + inst + "\\n\\n") +
 [enc("### Feelings:\\n" + feelings + "\\n\\n")] + enc("### Response:\\n" + output)``; chunks of
 ``a = max_seq - |anchor| - 1`` stream tokens starting every ``a - overlap`` tokens. Row = anchor +
-chunk + EOS; labels are -100 on the anchor, on the prompt part of the stream, on the first
-``overlap`` tokens of every chunk after the first, and on EOS. Keys are read as the reference
+chunk + EOS; labels are -100 on the anchor, on the prompt part of the stream (the spec's rule; the
+reference script's own mask is empty, ``mask_prompt=False``), on the first ``overlap`` tokens of
+every chunk after the first, and on EOS. Keys are read as the reference
 does: ``Instruction`` (capital I), ``output``, ``thought-process``, ``feelings``; a missing or
 non-string value is empty. Pieces are encoded without special tokens.
 """
@@ -59,8 +60,13 @@ def effective_overlap(overlap: int, reserved: int = RESERVED_CHUNK_SPACE) -> int
     return max(1, reserved // 2) if overlap >= reserved else int(overlap)
 
 
-def chunk_record(record: dict, tokenizer, *, max_seq: int, overlap: int, reserved: int = RESERVED_CHUNK_SPACE):
-    """The chunk rows of one sample; ``str`` (the reason) when the sample cannot be chunked."""
+def chunk_record(record: dict, tokenizer, *, max_seq: int, overlap: int, reserved: int = RESERVED_CHUNK_SPACE,
+                 mask_prompt: bool = True):
+    """The chunk rows of one sample; ``str`` (the reason) when the sample cannot be chunked.
+
+    ``mask_prompt=False`` trains the prompt part as the reference v0.21 script really does: its
+    prompt-mask bounds are computed so that the mask is always empty (spec §11.2 describes the
+    intended mask, the default here)."""
     eos = require_eos(tokenizer)
     anchor_budget = max_seq - reserved - 1
     open_ids = encode(tokenizer, THOUGHT_OPEN, special=False)
@@ -88,7 +94,7 @@ def chunk_record(record: dict, tokenizer, *, max_seq: int, overlap: int, reserve
         labels = [IGNORE] * len(anchor) + list(content) + [IGNORE]
         A = len(anchor)
         p_end = min(len(content), prompt_len - start)
-        if p_end > 0:
+        if mask_prompt and p_end > 0:
             labels[A:A + p_end] = [IGNORE] * p_end
         if k > 0:
             o_end = min(overlap, len(content))
@@ -100,7 +106,7 @@ def chunk_record(record: dict, tokenizer, *, max_seq: int, overlap: int, reserve
 
 
 def iter_chunks(records, tokenizer, *, max_seq: int, overlap: int, reserved: int = RESERVED_CHUNK_SPACE,
-                stats=None):
+                mask_prompt: bool = True, stats=None):
     """Chunk rows of every record; malformed or unchunkable records are counted in ``stats``."""
     for where, record in records:
         if isinstance(record, Malformed):
@@ -108,7 +114,8 @@ def iter_chunks(records, tokenizer, *, max_seq: int, overlap: int, reserved: int
         elif not isinstance(record, dict):
             result = f"not a JSON object ({type(record).__name__})"
         else:
-            result = chunk_record(record, tokenizer, max_seq=max_seq, overlap=overlap, reserved=reserved)
+            result = chunk_record(record, tokenizer, max_seq=max_seq, overlap=overlap, reserved=reserved,
+                                  mask_prompt=mask_prompt)
         if isinstance(result, str):
             if stats is not None:
                 stats.skip(where, result)
