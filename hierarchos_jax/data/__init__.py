@@ -13,7 +13,9 @@ Modules: ``options`` (flags, formatter settings), ``readers`` (local files), ``h
 ``formatting`` (records -> tokens, labels, weights), ``pretokenized`` (rows with token ids),
 ``examples`` (the store), ``sources`` (which source, loading), ``bucketing`` (batch plan per epoch),
 ``collate`` (padding), ``rosa_map`` (ROSA ids), ``pipeline`` (Grain datasets, iterator state),
-``consolidated`` + ``kayla_chunks`` (``hierarchos chunk``), ``bpe`` (``hierarchos train-tokenizer``).
+``token_cache`` (formatted examples saved once), ``tokenizer_source`` (which tokenizer),
+``consolidated`` + ``kayla_chunks`` + ``chunk_dataset`` (``hierarchos chunk``), ``bpe``
+(``hierarchos train-tokenizer``).
 """
 
 from __future__ import annotations
