@@ -214,9 +214,9 @@ def _consolidated(path: Path, pad: int, max_length: int) -> LoadedData:
     stats = DataStats(records_read=len(store), examples=len(store))
     if int(manifest.get("pad_id", pad)) != pad:
         print(f"hierarchos: warning: {path} was padded with id {manifest.get('pad_id')} but the tokenizer pads "
-              f"with {pad}; using the directory's", flush=True)
+              f"with {pad}; using the directory's", file=sys.stderr)
     longest = int(store.lengths.max())
     if longest > max_length:
         print(f"hierarchos: warning: {path} holds rows of up to {longest} tokens, longer than --max-length "
-              f"{max_length} (rows are used whole, as the reference's chunk loader does)", flush=True)
+              f"{max_length} (rows are used whole, as the reference's chunk loader does)", file=sys.stderr)
     return LoadedData(store, stats, int(max_length), f"chunk directory {path}", preserve_order=True)
