@@ -78,15 +78,56 @@ HQ_AVX2 inline float HorizontalSum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
 }
 
+// Codes of a 32-weight block as floats (4 vectors); the block scale is applied by the caller.
+template <int QT>
+HQ_AVX2 inline void DecodeCodes32(const uint8_t* blk, __m256* q) {
+  if constexpr (QT == kQ8_0) {
+    for (int i = 0; i < 4; ++i) {
+      const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 4 + 8 * i));
+      q[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
+    }
+  } else {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(bytes, mask);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+    const __m128i flip = _mm_set1_epi8(QT == kInt4 ? 8 : 0);
+    const __m128i eight = _mm_set1_epi8(8);
+    const __m128i e0 = _mm_sub_epi8(_mm_xor_si128(_mm_unpacklo_epi8(lo, hi), flip), eight);
+    const __m128i e1 = _mm_sub_epi8(_mm_xor_si128(_mm_unpackhi_epi8(lo, hi), flip), eight);
+    q[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(e0));
+    q[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(e0, 8)));
+    q[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(e1));
+    q[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(e1, 8)));
+  }
+}
+
+// Fused decode-and-dot of one packed row with one activation row. The 32-weight formats
+// accumulate sum(a*q) per block and scale by d once per block (fewer multiplies than
+// dequantize-then-dot; equal up to float32 rounding).
 template <int QT>
 HQ_AVX2 float DotRow(const float* a, const uint8_t* row, int64_t k) {
   constexpr int bw = BlockWeights(QT), bb = BlockBytes(QT), nv = bw / 8;
   __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
   __m256 w[nv];
-  for (int64_t b = 0; b < k / bw; ++b) {
-    DecodeBlock<QT>(row + b * bb, w);
-    const float* ab = a + b * bw;
-    for (int i = 0; i < nv; ++i) acc[i % 4] = _mm256_fmadd_ps(_mm256_loadu_ps(ab + 8 * i), w[i], acc[i % 4]);
+  if constexpr (QT != kQ2_K) {
+    int64_t b = 0;
+    for (; b < k / bw; ++b) {
+      const uint8_t* blk = row + b * bb;
+      DecodeCodes32<QT>(blk, w);
+      const float* ab = a + b * bw;
+      __m256 s = _mm256_mul_ps(_mm256_loadu_ps(ab), w[0]);
+      s = _mm256_fmadd_ps(_mm256_loadu_ps(ab + 8), w[1], s);
+      s = _mm256_fmadd_ps(_mm256_loadu_ps(ab + 16), w[2], s);
+      s = _mm256_fmadd_ps(_mm256_loadu_ps(ab + 24), w[3], s);
+      acc[b & 3] = _mm256_fmadd_ps(s, _mm256_set1_ps(LoadF32(blk)), acc[b & 3]);
+    }
+  } else {
+    for (int64_t b = 0; b < k / bw; ++b) {
+      DecodeBlock<QT>(row + b * bb, w);
+      const float* ab = a + b * bw;
+      for (int i = 0; i < nv; ++i) acc[i % 4] = _mm256_fmadd_ps(_mm256_loadu_ps(ab + 8 * i), w[i], acc[i % 4]);
+    }
   }
   return HorizontalSum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
 }
@@ -101,15 +142,30 @@ HQ_AVX2 void DequantizeRow(const uint8_t* row, int64_t k, float* out) {
   }
 }
 
-// k is a multiple of 32 here (a padded row width).
+// k is a multiple of 8 here (a padded row width). Same summation order as one lane of
+// DotF32x4, so a row's result does not depend on how rows were grouped (thread count).
 HQ_AVX2 inline float DotF32(const float* a, const float* w, int64_t k) {
-  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-  for (int64_t j = 0; j < k; j += 32) {
-    for (int i = 0; i < 4; ++i) {
-      acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8 * i), _mm256_loadu_ps(w + j + 8 * i), acc[i]);
-    }
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t j = 0; j < k; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(w + j), acc);
+  return HorizontalSum(acc);
+}
+
+// Four dot products of one activation row with four consecutive dequantized rows
+// (w + r*k): each activation vector is loaded once for four FMAs.
+HQ_AVX2 inline void DotF32x4(const float* a, const float* w, int64_t k, float* out) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+         acc3 = _mm256_setzero_ps();
+  for (int64_t j = 0; j < k; j += 8) {
+    const __m256 av = _mm256_loadu_ps(a + j);
+    acc0 = _mm256_fmadd_ps(av, _mm256_loadu_ps(w + j), acc0);
+    acc1 = _mm256_fmadd_ps(av, _mm256_loadu_ps(w + k + j), acc1);
+    acc2 = _mm256_fmadd_ps(av, _mm256_loadu_ps(w + 2 * k + j), acc2);
+    acc3 = _mm256_fmadd_ps(av, _mm256_loadu_ps(w + 3 * k + j), acc3);
   }
-  return HorizontalSum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  out[0] = HorizontalSum(acc0);
+  out[1] = HorizontalSum(acc1);
+  out[2] = HorizontalSum(acc2);
+  out[3] = HorizontalSum(acc3);
 }
 
 }  // namespace avx2

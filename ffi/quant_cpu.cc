@@ -48,11 +48,13 @@ int ResolveThreads(int64_t threads) {
 using DotRowFn = float (*)(const float*, const uint8_t*, int64_t);
 using DequantRowFn = void (*)(const uint8_t*, int64_t, float*);
 using DotF32Fn = float (*)(const float*, const float*, int64_t);
+using DotF32x4Fn = void (*)(const float*, const float*, int64_t, float*);
 
 struct Kernels {
   DotRowFn dot_row;
   DequantRowFn dequant_row;
   DotF32Fn dot_f32;
+  DotF32x4Fn dot_f32x4;
 };
 
 template <int QT>
@@ -64,11 +66,11 @@ template <int QT>
 Kernels KernelsFor(bool scalar) {
 #ifdef HIERARCHOS_QUANT_HAVE_AVX2_PATH
   if (!scalar && CpuHasAvx2()) {
-    return {&hq::avx2::DotRow<QT>, &hq::avx2::DequantizeRow<QT>, &hq::avx2::DotF32};
+    return {&hq::avx2::DotRow<QT>, &hq::avx2::DequantizeRow<QT>, &hq::avx2::DotF32, &hq::avx2::DotF32x4};
   }
 #endif
   (void)scalar;
-  return {&ScalarDotRow<QT>, &ScalarDequantRow<QT>, &hq::DotF32Scalar};
+  return {&ScalarDotRow<QT>, &ScalarDequantRow<QT>, &hq::DotF32Scalar, &hq::DotF32x4Scalar};
 }
 
 Kernels SelectKernels(int qt, bool scalar) {
@@ -94,8 +96,19 @@ void MatmulRows(const Kernels& kern, const float* a, int64_t m, int64_t k, const
     }
     return;
   }
-  std::vector<float> buf(static_cast<size_t>(k));
-  for (int64_t j = n0; j < n1; ++j) {
+  // Dequantize four weight rows at a time (4*k floats stay in L1/L2), then four dots per
+  // activation row with each activation vector loaded once.
+  std::vector<float> buf(static_cast<size_t>(4 * k));
+  float dots[4];
+  int64_t j = n0;
+  for (; j + 4 <= n1; j += 4) {
+    for (int r = 0; r < 4; ++r) kern.dequant_row(w + (j + r) * bpr, k, buf.data() + r * k);
+    for (int64_t i = 0; i < m; ++i) {
+      kern.dot_f32x4(a + i * k, buf.data(), k, dots);
+      for (int r = 0; r < 4; ++r) y[i * n + j + r] = dots[r];
+    }
+  }
+  for (; j < n1; ++j) {
     kern.dequant_row(w + j * bpr, k, buf.data());
     for (int64_t i = 0; i < m; ++i) y[i * n + j] = kern.dot_f32(a + i * k, buf.data(), k);
   }

@@ -177,6 +177,10 @@ inline float DotF32Scalar(const float* a, const float* w, int64_t k) {
   return sum;
 }
 
+inline void DotF32x4Scalar(const float* a, const float* w, int64_t k, float* out) {
+  for (int r = 0; r < 4; ++r) out[r] = DotF32Scalar(a, w + r * k, k);
+}
+
 }  // namespace quant
 }  // namespace hierarchos
 

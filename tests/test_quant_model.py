@@ -7,17 +7,23 @@ from __future__ import annotations
 import json
 import shutil
 
+import hierarchos_cli.main as cli_main
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-import hierarchos_cli.main as cli_main
 from hierarchos_jax.io.model_dir import ModelDirError, load_model_dir
 from hierarchos_jax.model.mode import RunMode
 from hierarchos_jax.model.run import Runner
 from hierarchos_jax.quant.layers import QuantizedEmbed, QuantizedLinear
-from hierarchos_jax.quant.model import model_qtype, module_at, quantize_model, quantized_paths, requantize_model
+from hierarchos_jax.quant.model import (
+    model_qtype,
+    module_at,
+    quantize_model,
+    quantized_paths,
+    requantize_model,
+)
 from hierarchos_jax.quant.model_dir import MANIFEST, WEIGHTS, save_quantized_dir
 
 pytest.importorskip("hierarchos_jax._quant")
