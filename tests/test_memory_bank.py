@@ -39,16 +39,20 @@ def test_commit_stamps_touched_slots_and_queries_filter_them():
 
 def test_retrieval_view_masks_ineligible_slots_only():
     bank = _bank()
+    keys = np.eye(6, 3, dtype=np.float32)
+    query = np.ones((2, 3), np.float32)
     view, flt = bank.retrieval_view(MemoryFilter())
-    assert view is bank.memory and flt is None
+    assert flt == ELIGIBLE and np.all(view.sources == ELIGIBLE)
+    plain = retrieve_topk(keys, np.zeros((6, 4), np.float32), bank.memory, query, 2)
+    same = retrieve_topk(keys, np.zeros((6, 4), np.float32), view, query, 2, source_filter=flt)
+    for x, y in zip(plain, same):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     view, flt = bank.retrieval_view(MemoryFilter(since=150, source=1))
     assert flt == ELIGIBLE
     np.testing.assert_array_equal(view.sources[0] == ELIGIBLE, [False, True, False, False, False, False])
     np.testing.assert_array_equal(view.fast, bank.memory.fast)
     # the model's retrieval then reads slot 1 only
-    keys = np.eye(6, 3, dtype=np.float32)
-    got = retrieve_topk(keys, np.zeros((6, 4), np.float32), view, np.ones((2, 3), np.float32), 2,
-                        source_filter=flt)
+    got = retrieve_topk(keys, np.zeros((6, 4), np.float32), view, query, 2, source_filter=flt)
     np.testing.assert_array_equal(np.asarray(got.idx), [[1, -1], [1, -1]])
 
 

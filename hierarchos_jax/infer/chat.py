@@ -138,6 +138,7 @@ class ChatSession:
         self.pending: Pending | None = None
         self.state: GenerationState | None = None  # the last turn's final state (carry ON continues it)
         self.turns = 0
+        self._seed_offset = 0  # turn i after the last seed setting draws with seed + i
         self._hebbian_notice_shown = False
         self.memory_path = Path(options.memory_path) if options.memory_path else None
         self.start_lines: list[str] = []
@@ -204,6 +205,8 @@ class ChatSession:
     def _do_set(self, cmd: Command) -> Reply:
         name, value = cmd.value
         self.settings = dataclasses.replace(self.settings, **{name: value}).validated()
+        if name == "seed":
+            self._seed_offset = 0
         shown = f"{value:g}" if isinstance(value, float) else str(value)
         return _message(f"{name.replace('_', '-')} = {shown}")
 
@@ -274,7 +277,8 @@ class ChatSession:
         except (OSError, ValueError) as e:
             return _message(f"could not load the memory: {e}")
         self.pending = None
-        return _message(f"Learned memory loaded from {cmd.value} ({self.bank.summary()['written_slots']} written slots).")
+        n = self.bank.summary()["written_slots"]
+        return _message(f"Learned memory loaded from {cmd.value} ({n} written slots).")
 
     def _do_save_model(self, cmd: Command) -> Reply:
         from hierarchos_jax.io.model_dir import save_model_dir
@@ -364,7 +368,8 @@ class ChatSession:
         text = format_prompt(line, alpaca=self.alpaca, system=self.system, history=self.history.text())
         prompt_ids = self.tokenizer.encode(text)
         memory, source_filter = self.bank.retrieval_view(self.filter)
-        sampling = dataclasses.replace(self.settings, seed=self.settings.seed + self.turns)
+        sampling = dataclasses.replace(self.settings, seed=self.settings.seed + self._seed_offset)
+        self._seed_offset += 1
         if self.options.carry_state and self.state is not None:
             st = self.state
             state = GenerationState(st.state._replace(memory=memory), st.rosa, st.layout)

@@ -142,12 +142,15 @@ def parse_query(args: list[str], now: float, *, allowed: tuple[str, ...]) -> dic
         key = key.lower()
         if not sep or key not in allowed or not value:
             raise ValueError(f"bad argument {word!r}")
-        if key in ("since", "until", "time"):
-            out["since" if key == "time" else key] = _time_value(value, now)
-        elif key == "source":
-            out["source"] = parse_source(value)
-        elif key == "limit":
-            out["limit"] = int(value)
+        try:
+            if key in ("since", "until", "time"):
+                out["since" if key == "time" else key] = _time_value(value, now)
+            elif key == "source":
+                out["source"] = parse_source(value)
+            elif key == "limit":
+                out["limit"] = int(value)
+        except ValueError as e:
+            raise ValueError(f"bad argument {word!r} ({e})") from None
     return out
 
 

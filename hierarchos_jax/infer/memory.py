@@ -15,7 +15,7 @@ and a model-timestamp floor; a wall-clock filter is expressed through the source
 :meth:`MemoryBank.retrieval_view` returns a copy whose ``sources`` mark eligible slots
 with :data:`ELIGIBLE` (others -1) and the filter value to pass is ``ELIGIBLE``. Values,
 model timestamps (hence the time code) and the slot order are untouched, so an unfiltered
-view is the memory itself.
+view retrieves exactly what the memory itself does.
 
 Files: :meth:`MemoryBank.save` writes one ``safetensors`` file (``fast``, ``timestamps``,
 ``sources``, ``written_at``, ``writes``; metadata: format, slot shape, a fingerprint of the
@@ -193,10 +193,10 @@ class MemoryBank:
             ok &= self.sources == flt.source
         return ok
 
-    def retrieval_view(self, flt: MemoryFilter) -> tuple[WorkingMemory, int | None]:
-        """``(memory, source_filter)`` for the model's retrieval under ``flt``."""
-        if not flt.active:
-            return self.memory, None
+    def retrieval_view(self, flt: MemoryFilter) -> tuple[WorkingMemory, int]:
+        """``(memory, source_filter)`` for the model's retrieval under ``flt`` (also without
+        a filter: every slot marked eligible, so filtered and unfiltered turns run one
+        compiled program)."""
         marks = np.where(self.eligible(flt), ELIGIBLE, -1).astype(np.int32)[None]
         return self.memory._replace(sources=marks), ELIGIBLE
 
@@ -292,5 +292,5 @@ def fold_into_model(model, bank: MemoryBank):
     if not np.all(np.isfinite(fast)):
         raise ValueError("the learned memory has non-finite values; not folded")
     new = nnx.clone(model)
-    new.ltm.vals.value = np.asarray(model.ltm.vals[...], np.float32) + fast
+    new.ltm.vals[...] = np.asarray(model.ltm.vals[...], np.float32) + fast
     return new
