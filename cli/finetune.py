@@ -68,6 +68,7 @@ def register(subparsers) -> None:
                    default=2.0)
     o.add_argument("--max-ce-loss-for-backward", dest="max_ce_loss_for_backward", type=float, default=0.0)
     o.add_argument("--max-ponder-cost-for-backward", dest="max_ponder_cost_for_backward", type=float, default=0.0)
+    o.add_argument("--amp", action="store_true", help="bfloat16 compute (parameters and adapter stay float32)")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--save-every", "--save-steps", "--save_steps", dest="save_every", type=int, default=0,
                    metavar="N", help="also save the adapter every N updates (0 = only at the end)")
@@ -103,6 +104,6 @@ def run(args) -> int:
         warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio,
         disable_lr_schedule=args.disable_lr_schedule, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         h_stride=args.h_stride, seed=args.seed, save_every=args.save_every, progress=not args.no_progress,
-        loss=loss)
+        loss=loss, compute_dtype="bfloat16" if args.amp else "float32")
     ft.finetune(fargs, data_args=args)
     return 0

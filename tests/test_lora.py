@@ -137,3 +137,12 @@ def test_mismatched_adapter_is_refused(params):
     lo = L.init_lora(other, spec, jax.random.key(0))
     with pytest.raises(L.AdapterError, match="in_proj.*different base model"):
         L.check_fits(params, lo)
+
+
+def test_adapter_decay_groups_follow_the_reference_rule(params):
+    from hierarchos_jax.train.finetune import adapter_decay_mask
+
+    mask = adapter_decay_mask(L.init_lora(params, L.LoraSpec(rank=2), jax.random.key(0)))
+    assert mask["saved"] == {"ltm.keys": False, "ltm.vals": False}            # LTM copy: no decay
+    for name, ab in mask["adapters"].items():
+        assert ab == {"A": name != "val_proj.kernel", "B": name != "val_proj.kernel"}, name

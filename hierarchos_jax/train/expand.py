@@ -216,6 +216,9 @@ def expand_model_dir(old_path: str, out_dir: str, changes: dict, *, seed: int = 
         + (", ".join(f"{k} {a}->{b}" for k, a, b in ((k, *v) for k, v in grown.items())) or "no shape change")
         + f"; {len(report.copied)} tensors copied, {len(report.placed)} placed into larger ones, "
           f"{len(report.initialised)} freshly initialised")
+    if new_cfg.vocab_size != loaded.config.vocab_size and tok is not None:
+        log(f"note: the tokenizer copied from {tok} still has the old vocabulary; add "
+            f"{new_cfg.vocab_size - loaded.config.vocab_size} tokens to it before using the model")
     return out
 
 

@@ -80,6 +80,7 @@ class FinetuneArgs:
     seed: int = 0
     save_every: int = 0
     progress: bool = True
+    compute_dtype: str = "float32"  # "bfloat16": --amp (fp32 params and adapter, bf16 compute)
     loss: LossConfig = dataclasses.field(default_factory=lambda: LossConfig(chunk_size=0))
 
 
@@ -278,7 +279,8 @@ def finetune(args: FinetuneArgs, *, data_args=None, log=print) -> dict:
     tx, schedule = make_adapter_optimizer(ocfg, lora)
     opt_state = tx.init(lora)
     lc = dataclasses.replace(args.loss, chunk_size=max(0, args.chunk_size))
-    step_fn = FinetuneStep(graphdef, rest, cfg, lc, spec, tx, schedule)
+    step_fn = FinetuneStep(graphdef, rest, cfg, lc, spec, tx, schedule,
+                           StepOptions(compute_dtype=args.compute_dtype))
     counters = zero_counters()
 
     n_base = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(base))

@@ -255,7 +255,8 @@ def save_adapter(out_dir: str | os.PathLike, lora: dict, spec: LoraSpec, *, base
     base = dict(base or {})
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "bias": "none",
-        "r": int(spec.rank), "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
+        "r": int(spec.rank), "lora_alpha": int(spec.alpha) if float(spec.alpha).is_integer() else spec.alpha,
+        "lora_dropout": spec.dropout,
         "target_modules": list(spec.targets), "modules_to_save": list(spec.modules_to_save),
         "base_model_name_or_path": base.get("path"),
         "hierarchos_jax": {"adapted_modules": modules, "base_shape_sha256": base.get("shape_sha256"),
