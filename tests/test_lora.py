@@ -146,3 +146,30 @@ def test_adapter_decay_groups_follow_the_reference_rule(params):
     assert mask["saved"] == {"ltm.keys": False, "ltm.vals": False}            # LTM copy: no decay
     for name, ab in mask["adapters"].items():
         assert ab == {"A": name != "val_proj.kernel", "B": name != "val_proj.kernel"}, name
+
+
+def test_reads_a_reference_peft_adapter(params, tmp_path):
+    """PEFT's layout: lora_A/lora_B per module, the LTM copy with its buffers, integer alpha."""
+    from safetensors.numpy import save_file
+
+    spec = L.LoraSpec(rank=2, alpha=4)
+    lo = random_lora(params, spec)
+    tensors = {}
+    for name, ab in lo["adapters"].items():
+        m = name[: -len(".kernel")]
+        tensors[f"base_model.model.{m}.lora_A.weight"] = np.asarray(ab["A"])
+        tensors[f"base_model.model.{m}.lora_B.weight"] = np.asarray(ab["B"])
+    for name, v in lo["saved"].items():
+        tensors[f"base_model.model.{name}"] = np.asarray(v)
+    tensors["base_model.model.ltm.fast_vals"] = np.zeros((16, 16), np.float32)
+    tensors["base_model.model.ltm.timestamps"] = np.zeros((16,), np.float32)
+    save_file(tensors, str(tmp_path / "adapter_model.safetensors"))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 2, "lora_alpha": 4, "lora_dropout": 0.05, "bias": "none",
+        "target_modules": list(L.DEFAULT_TARGETS), "modules_to_save": ["ltm"], "task_type": "CAUSAL_LM"}))
+    lo2, spec2, _ = L.load_adapter(tmp_path)
+    L.check_fits(params, lo2)
+    assert spec2.scale == 2.0 and sorted(lo2["saved"]) == ["ltm.keys", "ltm.vals"]
+    got, want = flat(L.merge_lora(params, lo2, spec2)), flat(L.merge_lora(params, lo, spec))
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hierarchos_jax.io.reference_state import TRANSIENT_LTM_BUFFERS
 from hierarchos_jax.train.optimizer import _path_name as path_name
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -46,6 +47,11 @@ DEFAULT_TARGETS = ("key", "value", "receptance", "output", "key_cm", "receptance
                    "context_drift_proj", "l_feedback_proj", "val_proj")
 # Layers whose name contains one of these feed --finetune-unlock-percent (spec §7).
 UNLOCK_PERCENT_NAMES = ("qproj", "in_proj", "val_proj", "h_to_context", "l_to_out", "h_halt_proj")
+
+
+# Buffers of the reference's LTM module that its PEFT adapters save with ``ltm`` (not parameters).
+_LTM_BUFFERS = frozenset({*TRANSIENT_LTM_BUFFERS, "ltm.neg_inf", "ltm.update_counts", "ltm.update_slots",
+                          "ltm.ltm_deltas"})
 
 
 class AdapterError(ValueError):
@@ -306,7 +312,8 @@ def load_adapter(path: str | os.PathLike) -> tuple[dict, LoraSpec, dict]:
                 adapters.setdefault(name[: -len(part)] + ".kernel", {})[slot] = np.asarray(value, np.float32)
                 break
         else:
-            saved[name] = np.asarray(value, np.float32)
+            if name not in _LTM_BUFFERS:  # a reference adapter also carries the LTM module's buffers
+                saved[name] = np.asarray(value, np.float32)
     for name, ab in adapters.items():
         if set(ab) != {"A", "B"}:
             raise AdapterError(f"{w_path}: '{name[: -len('.kernel')]}' has lora_{'A' if 'A' not in ab else 'B'} missing")
