@@ -43,7 +43,7 @@ def run(tmp_path_factory):
     before = {p.name: _sha(p) for p in (root / "base").iterdir()}
     rc = cli_main.main(["finetune", "--model-path", str(root / "base"), "--out-dir", str(root / "ad"),
                         "--steps", str(STEPS), "--batch_size", "8", "--max_length", "24", "--starting-lr", "1e-2",
-                        "--lora_r", "4", "--lora_alpha", "8", "--lora-dropout", "0", "--save-every", "4",
+                        "--lora_r", "4", "--lora_alpha", "8", "--lora-dropout", "0", "--save-every", "4", "--h_stride", "3",
                         "--no-progress"])
     assert rc == 0
     return root, before
@@ -133,7 +133,9 @@ def test_finetune_lowers_the_loss_and_merge_is_exact(run, capsys):
     graphdef, base, rest = nnx.split(loaded.model, nnx.Param, ...)
     lora, spec, _ = L.load_adapter(root / "ad")
     applied = nnx.merge(graphdef, L.apply_lora(base, lora, spec), rest)
+    applied.config = loaded.config.replace(h_stride=3)          # fine-tuned with --h_stride 3 (tiny: 2)
     merged = load_model_dir(root / "merged").model
+    assert merged.config.h_stride == 3 and loaded.config.h_stride == 2
     lg_base, lg_applied, lg_merged = _logits(loaded.model, ids), _logits(applied, ids), _logits(merged, ids)
     np.testing.assert_allclose(lg_merged, lg_applied, rtol=0, atol=2e-5)
     ce0, ce1 = _ce(lg_base, ids, labels), _ce(lg_merged, ids, labels)

@@ -303,7 +303,8 @@ def finetune(args: FinetuneArgs, *, data_args=None, log=print) -> dict:
 
     def save(step: int) -> None:
         lora_lib.save_adapter(out, jax.device_get(lora), spec, base=identity,
-                              extra={"step": step, "total_steps": total, "training_mode": "train"})
+                              extra={"step": step, "total_steps": total, "training_mode": "train",
+                                     "h_stride": int(cfg.h_stride)})
 
     with open(out / "metrics.jsonl", "w") as mf:
         for u in range(total):
@@ -376,6 +377,10 @@ def merge_adapter_dir(model_path: str, lora_path: str, out_dir: str, *, log=prin
                 f"(weights sha256 {have[:12]} != {want[:12]}); shapes fit, merging anyway")
     merged = lora_lib.merge_lora(base, lora, spec)
     model = nnx.merge(graphdef, merged, rest)
+    stride = ours.get("h_stride")
+    if stride is not None and int(stride) != loaded.config.h_stride:  # finetune --h_stride: the trained cadence
+        model.config = loaded.config.replace(h_stride=int(stride))
+        log(f"h_stride {loaded.config.h_stride} -> {stride} (the adapter was trained with it)")
     tok = None
     for cand in (Path(lora_path), Path(model_path)):
         try:
