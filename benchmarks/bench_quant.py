@@ -158,7 +158,7 @@ def bench_decode(qtypes, new_tokens: int, repeats: int) -> list[dict]:
     return rows
 
 
-def bench_accuracy(qtypes, model_dir: Path, new_tokens: int) -> list[dict]:
+def bench_accuracy(qtypes, model_dir: Path, new_tokens: int, prompt_text: str | None = None) -> list[dict]:
     import jax
     import numpy as np
 
@@ -170,7 +170,12 @@ def bench_accuracy(qtypes, model_dir: Path, new_tokens: int) -> list[dict]:
 
     loaded = load_model_dir(model_dir)
     cfg = loaded.config
-    prompt = [int(t) for t in np.random.default_rng(1).integers(0, cfg.vocab_size, 8)]
+    if prompt_text:
+        from hierarchos_jax.io.tokenizer import Tokenizer, find_tokenizer_dir
+
+        prompt = Tokenizer(find_tokenizer_dir(model_dir)).encode(prompt_text)
+    else:
+        prompt = [int(t) for t in np.random.default_rng(1).integers(0, cfg.vocab_size, 8)]
     res = GenerationEngine(loaded.model, cfg).generate(prompt, SamplingParams(temperature=0.0),
                                                        StopConditions(max_new_tokens=new_tokens, eos_ids=()))
     seq = np.array([prompt + list(res.token_ids)])
@@ -206,6 +211,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--accuracy-model", type=Path, default=TINY)
+    p.add_argument("--accuracy-prompt", default=None, help="prompt text (model's tokenizer); default 8 random ids")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -227,7 +233,7 @@ def main(argv=None) -> int:
         for r in out["decode"]:
             print(f"| {r['qtype']} | {r['ms_per_token']:.2f} | {r['best_ms_per_token']:.2f} | {r['weights_MiB']:.0f} |")
     if "accuracy" in parts:
-        out["accuracy"] = bench_accuracy(qtypes, args.accuracy_model, 32)
+        out["accuracy"] = bench_accuracy(qtypes, args.accuracy_model, 32, args.accuracy_prompt)
         print("| qtype | top-1 agreement | max abs logit diff | ppl |\n|---|---|---|---|")
         for r in out["accuracy"]:
             print(f"| {r['qtype']} | {r['top1_agreement']:.3f} | {r['max_abs_logit_diff']:.4f} | {r['ppl']:.3f} |")
