@@ -45,6 +45,36 @@ def tied_head(hidden: jax.Array, embedding: jax.Array) -> jax.Array:
     return jax.lax.dot_general(hidden, embedding, (((hidden.ndim - 1,), (1,)), ((), ())))
 
 
+# Projections kept in float32 under a bf16 compute policy (model.md §9.2 fp32 islands):
+# the LTM query and the ACT halting logit.
+FP32_PROJECTIONS = ("qproj", "h_halt_proj")
+
+
+def set_compute_dtype(model: "Hierarchos", dtype) -> "Hierarchos":
+    """Run the model's dense matmuls in ``dtype`` (``None``/float32: as stored) with float32
+    accumulation and float32 outputs, in place; returns ``model``.
+
+    Parameters stay float32 (the cast happens inside each matmul, so gradients reach the
+    float32 masters). Recurrent state, norms, LTM retrieval/updates, ACT weighting and the
+    losses stay float32 because every matmul returns float32. Use it on a freshly merged
+    model inside a jitted step.
+    """
+    dtype = None if dtype is None or jnp.dtype(dtype) == jnp.float32 else jnp.dtype(dtype)
+    for path, module in nnx.iter_graph(model):
+        if isinstance(module, nnx.Linear) and not (path and path[0] in FP32_PROJECTIONS):
+            module.dtype = dtype
+            module.preferred_element_type = None if dtype is None else jnp.float32
+    return model
+
+
+def matmul(x: jax.Array, w: jax.Array, dtype=None) -> jax.Array:
+    """``x @ w``; with a ``dtype`` (e.g. bfloat16) both operands are cast to it and the
+    product is accumulated and returned in float32."""
+    if dtype is None:
+        return x @ w
+    return jnp.dot(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
 def _linear(fan_in, fan_out, rngs, *, bias=True, kernel_init=None, bias_init=None):
     default = I.torch_linear_default(fan_in)
     return nnx.Linear(fan_in, fan_out, use_bias=bias, kernel_init=kernel_init or default,
@@ -174,6 +204,7 @@ def forward(
     min_timestamp: float = 0.0,
     source_filter: int | None = None,
     retrieval_probe: jax.Array | None = None,
+    remat: bool = True,
 ) -> tuple[Outputs, HierarchosState]:
     """Run ``input_ids [B, T]`` from ``state``; returns per-token outputs and the new state.
 
@@ -182,6 +213,8 @@ def forward(
     reference's TBPTT chunk-boundary semantics); leave it ``None`` for streaming.
     ``retrieval_probe [B, T, k, D]`` (zeros) is added to the raw retrieved values; its
     gradient is the gradient w.r.t. those values (the Titans update signal).
+    ``remat`` (training only): rematerialise each token step in the backward pass.
+    The in-projection's matmuls follow ``model.in_proj.dtype`` (see :func:`set_compute_dtype`).
     """
     cfg = model.config
     B, T = input_ids.shape
@@ -206,8 +239,9 @@ def forward(
     q_kernel = model.qproj.kernel[...]
     q_token = token_x @ q_kernel[:C]
     in_kernel, in_bias = model.in_proj.kernel[...], model.in_proj.bias[...]
+    mm_dtype = model.in_proj.dtype
     persistent = jnp.broadcast_to(model.persistent[...], (B, T, P))
-    enc_token = token_x @ in_kernel[:C] + persistent @ in_kernel[C:C + P] + in_bias
+    enc_token = matmul(token_x, in_kernel[:C], mm_dtype) + matmul(persistent, in_kernel[C:C + P], mm_dtype) + in_bias
     mem_kernel = in_kernel[C + P:]
     deep_h = model.h_deepemb(input_ids) if cfg.use_deepembed else None
     deep_l = model.l_deepemb(input_ids) if cfg.use_deepembed else None
@@ -235,7 +269,7 @@ def forward(
                             score_grad_scale=cfg.ltm_score_grad_scale if mode.training else 0.0)
         raw_vals = got.vals if x["probe"] is None else got.vals + x["probe"]
         mem_in = (raw_vals + timestamp_code(got.ts, freqs, D)) * x["gate"][:, :, None]
-        enc = finite_clamp(gelu(x["enc"] + mem_in.reshape(B, k * D) @ mem_kernel), ENCODER_CLAMP)
+        enc = finite_clamp(gelu(x["enc"] + matmul(mem_in.reshape(B, k * D), mem_kernel, mm_dtype)), ENCODER_CLAMP)
 
         # Manager: real step on enc + feedback from the worker's hidden.
         enc_fb = finite_clamp(enc + model.l_feedback_proj(state_hidden(l_state)), A)
@@ -279,7 +313,7 @@ def forward(
               finite_clamp(state.target_context, Cc), state.drift, memory)
     # Training: rematerialise each token step in the backward pass instead of storing its
     # ~1k intermediates (fewer, larger ops on CPU; far less memory on accelerators).
-    step = jax.checkpoint(token_step) if mode.training else token_step
+    step = jax.checkpoint(token_step) if mode.training and remat else token_step
     carry, ys = jax.lax.scan(step, carry0, xs)
     h_state, l_state, prev_ctx, target_ctx, drift, memory = carry
 

@@ -69,12 +69,14 @@ def _reduce(ce_tok, z_tok, weights, z_loss_weight):
 
 
 def chunked_lm_loss(hidden: jax.Array, embedding: jax.Array, labels: jax.Array, *, z_loss_weight: float,
-                    loss_weights: jax.Array | None = None, rows_per_chunk: int = 0) -> LMLoss:
+                    loss_weights: jax.Array | None = None, rows_per_chunk: int = 0, compute_dtype=None) -> LMLoss:
     """The same objective without materialising ``[B, T, V]`` logits at once.
 
     Rows (``B*T`` flattened positions) are processed ``rows_per_chunk`` at a time under
     ``jax.checkpoint``, so the backward pass recomputes each chunk's logits instead of
-    storing them. ``rows_per_chunk = 0`` uses one chunk.
+    storing them. ``rows_per_chunk = 0`` uses one chunk. With ``compute_dtype`` (bfloat16)
+    the head matmul takes that dtype's operands and accumulates in float32: the logits,
+    the clamp and the losses stay float32.
     """
     B, T, C = hidden.shape
     targets, weights = shift_targets(labels, T, loss_weights)
@@ -87,7 +89,12 @@ def chunked_lm_loss(hidden: jax.Array, embedding: jax.Array, labels: jax.Array, 
 
     @jax.checkpoint
     def chunk_terms(h_c, t_c):
-        logits = finite_clamp(jax.lax.dot_general(h_c, embedding, (((1,), (1,)), ((), ()))), LOGIT_CLAMP)
+        if compute_dtype is None:
+            raw = jax.lax.dot_general(h_c, embedding, (((1,), (1,)), ((), ())))
+        else:
+            raw = jax.lax.dot_general(h_c.astype(compute_dtype), embedding.astype(compute_dtype),
+                                      (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        logits = finite_clamp(raw, LOGIT_CLAMP)
         return _token_terms(logits, t_c)
 
     def body(carry, xs):

@@ -67,6 +67,25 @@ def make_schedule(cfg: OptimConfig):
     return schedule
 
 
+def make_ltm_schedule(ltm_lr: float, min_ltm_lr: float, total_steps: int, *, disabled: bool = False):
+    """§6.3: ``s -> eta(s)``, the LTM inner-update LR: a cosine without warm-up from
+    ``ltm_lr`` (invalid or <= 0 -> 1e-3) to ``min_ltm_lr`` (clipped to ``[0, ltm_lr]``) over
+    ``total_steps`` (>= 1) updates; ``s`` saturates at ``total_steps``. ``disabled``:
+    constant ``ltm_lr``."""
+    eta_max = float(ltm_lr) if (math.isfinite(ltm_lr) and ltm_lr > 0) else 1e-3
+    eta_min = float(min_ltm_lr) if math.isfinite(min_ltm_lr) else 0.0
+    eta_min = min(max(eta_min, 0.0), eta_max)
+    U = max(1, int(total_steps))
+    if disabled:
+        return lambda s: jnp.float32(eta_max)
+
+    def schedule(s):
+        s = jnp.clip(jnp.asarray(s, jnp.float32), 0.0, U)
+        return (eta_min + (eta_max - eta_min) * 0.5 * (1.0 + jnp.cos(jnp.pi * s / U))).astype(jnp.float32)
+
+    return schedule
+
+
 # ---------------------------------------------------------------- parameter groups (§6.1)
 
 def _path_name(path) -> str:

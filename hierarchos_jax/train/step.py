@@ -10,14 +10,27 @@ between chunks under stop-gradient (the previous chunk's drift is the next chunk
 accumulates the gradients and applies one AdamW update — all under one ``jax.jit`` with
 the parameters and optimizer state donated.
 
-Options (:class:`StepOptions`): LTM training mode (read-only or the Titans inner update,
-§5.8), full-sample BPTT (§5.7), per-token rematerialisation, bf16 compute (§5.11).
+Options (:class:`StepOptions`):
+
+* LTM training mode (§5.8): ``read-only`` (the forward retrieves from the per-row working
+  memory, nothing is written) or ``inner-update`` (after each chunk's backward, the
+  gradient of the chunk loss w.r.t. the raw retrieved values — the forward's
+  ``retrieval_probe`` — is clipped and written into the carried working memory with the
+  LTM LR ``eta(Counters.ltm_steps)`` of §6.3; the counter advances with every applied
+  update, so a checkpoint of the counters resumes the LTM schedule exactly).
+* full-sample BPTT (§5.7): one attached graph per micro-batch, segments under
+  ``jax.checkpoint``, components aggregated with the chunk ratios and composed once;
+  call :func:`apply_full_sample_implications` on the config and options first.
+* ``remat_tokens``: per-token ``jax.checkpoint`` in the forward's scan (same numbers).
+* ``compute_dtype="bfloat16"`` (``--amp``): bf16 matmuls with float32 accumulation and
+  outputs; float32 master parameters, optimizer state, recurrent state and losses.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -27,12 +40,13 @@ import optax
 from flax import nnx
 
 from hierarchos_jax.model import rosa as rosa_lib
-from hierarchos_jax.model.hierarchos import forward
+from hierarchos_jax.model.hierarchos import forward, set_compute_dtype
+from hierarchos_jax.model.ltm import WorkingMemory, inner_update
 from hierarchos_jax.model.losses import IGNORE_INDEX, chunked_lm_loss, commitment_cost, ponder_cost
 from hierarchos_jax.model.mode import RunMode
 from hierarchos_jax.model.numerics import drift_clamp, finite_clamp
 from hierarchos_jax.model.state import HierarchosState, zeros_state
-from hierarchos_jax.train.optimizer import global_norm
+from hierarchos_jax.train.optimizer import global_norm, make_ltm_schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +110,27 @@ class StepOptions:
     @property
     def inner_update(self) -> bool:
         return self.ltm_training_mode == "inner-update"
+
+    @property
+    def jnp_compute_dtype(self):
+        """``None`` for float32 (matmuls as stored), else the jnp dtype of the matmuls."""
+        return None if self.compute_dtype == "float32" else jnp.dtype(self.compute_dtype)
+
+    def ltm_schedule(self):
+        """``s -> eta(s)`` (§6.3)."""
+        floor = 1e-6 if self.min_ltm_lr is None else self.min_ltm_lr
+        return make_ltm_schedule(self.ltm_lr, floor, self.ltm_total_steps, disabled=self.disable_ltm_lr_schedule)
+
+
+def apply_full_sample_implications(config, options: StepOptions):
+    """§5.7: what ``--full-sample-bptt`` forces, as ``(config, options)``: no in-chunk detach,
+    the parity refinement policy, read-only LTM (persisted in the config: ``full_sample_bptt``
+    and ``inference_logit_parity``). Persistence off is the loop's business. Unchanged when
+    full-sample BPTT is off."""
+    if not options.full_sample_bptt:
+        return config, options
+    config = config.replace(detach_every_n_steps=None, inference_logit_parity=True, full_sample_bptt=True)
+    return config, dataclasses.replace(options, ltm_training_mode="read-only")
 
 
 class Batch(NamedTuple):
@@ -193,41 +228,101 @@ class ChunkMetrics(NamedTuple):
     loss: jax.Array        # chunk_loss * divisor (the undivided contribution)
     ce: jax.Array          # CE weighted by label_ratio
     z_loss: jax.Array
-    ponder: jax.Array      # weighted by token_ratio
+    ponder: jax.Array      # weighted by token_ratio (full-sample: ponder_ratio)
     commitment: jax.Array
     finite: jax.Array
 
 
-def micro_batch_grads(graphdef, params, rest, cfg, lc: LossConfig, ids, labels, mask, rosa, weights,
-                      warmup_step, divisor):
-    """TBPTT over one micro-batch ``[B, T]`` from a fresh state.
+class MicroBatchResult(NamedTuple):
+    grads: object              # like params
+    metrics: ChunkMetrics      # summed over chunks
+    finite: jax.Array          # every active chunk (and its LTM gradient) was finite
+    active: jax.Array          # at least one chunk was run
+    state: HierarchosState     # the carried state after the last chunk (TBPTT) / segment
 
-    Returns ``(grads, metrics: ChunkMetrics summed over chunks, finite, any_active)``;
-    the gradient is that of ``Σ_c chunk_loss_c`` with a stop-gradient at chunk boundaries.
+
+class StepContext(NamedTuple):
+    """What the per-micro-batch functions need besides the arrays (static, except ``ltm_lr``)."""
+
+    graphdef: object
+    rest: object
+    cfg: object
+    lc: LossConfig
+    options: StepOptions
+    ltm_lr: jax.Array | float = 0.0   # eta(s) for this update (inner-update mode)
+
+
+def merged_model(ctx: StepContext, params):
+    """The model for one forward under the step's config (e.g. after
+    :func:`apply_full_sample_implications`) and compute dtype."""
+    model = nnx.merge(ctx.graphdef, params, ctx.rest)
+    model.config = ctx.cfg
+    if ctx.options.compute_dtype != "float32":
+        set_compute_dtype(model, ctx.options.jnp_compute_dtype)
+    return model
+
+
+def lm_terms(ctx: StepContext, model, out, labels, weights, mask):
+    """Per-chunk components ``(lm: LMLoss, ponder, has_ponder, commit)`` [M§7]."""
+    lm = chunked_lm_loss(out.hidden, model.tok_emb.embedding[...], labels, z_loss_weight=ctx.cfg.z_loss_weight,
+                         loss_weights=weights, rows_per_chunk=ctx.lc.loss_rows_per_chunk,
+                         compute_dtype=ctx.options.jnp_compute_dtype)
+    ponder, has_ponder = ponder_cost(out, mask)
+    return lm, ponder, has_ponder, commitment_cost(out, mask)
+
+
+def prepare_ltm_grads(G: jax.Array, grad_clip: float) -> tuple[jax.Array, jax.Array]:
+    """§5.8 steps 2-3: ``(G', finite)``: clip to ``[-g, g]`` elementwise, then scale by
+    ``min(1, g / (||G||_2 + 1e-8))`` with ``g = grad_clip`` (<= 0 or invalid: 1)."""
+    g = float(grad_clip) if (math.isfinite(grad_clip) and grad_clip > 0) else 1.0
+    G = G.astype(jnp.float32)
+    finite = jnp.all(jnp.isfinite(G))
+    G = jnp.clip(G, -g, g)
+    norm = jnp.sqrt(jnp.sum(jnp.square(G)))
+    finite = finite & jnp.isfinite(norm)
+    return G * jnp.minimum(1.0, g / (norm + 1e-8)), finite
+
+
+def titans_write(cfg, memory: WorkingMemory, idx, G, lr, *, chunk_end, tokens_covered) -> WorkingMemory:
+    """§5.8 step 4: the supervised write of a chunk's prepared LTM gradient."""
+    return inner_update(memory, idx, G, lr, timestamp=jnp.asarray(chunk_end, jnp.float32), source=2,
+                        tokens_covered=tokens_covered, reference_chunk_len=cfg.effective_reference_chunk_len,
+                        momentum=cfg.ltm_momentum, weight_decay=cfg.ltm_weight_decay,
+                        forget_rate=cfg.ltm_forget_rate)
+
+
+def tbptt_grads(ctx: StepContext, params, ids, labels, mask, rosa, weights, warmup_step, divisor,
+                state0: HierarchosState | None = None) -> MicroBatchResult:
+    """TBPTT over one micro-batch ``[B, T]`` from a fresh state (or ``state0``).
+
+    The gradient is that of ``Σ_c chunk_loss_c`` with a stop-gradient at chunk boundaries.
+    Inner-update mode: after each chunk, the gradient of its loss w.r.t. the raw retrieved
+    values is written into the carried working memory (§5.8).
     """
+    cfg, lc, opts = ctx.cfg, ctx.lc, ctx.options
     B, T = ids.shape
     n, L = chunk_layout(T, lc.chunk_size)
     label_ratio, token_ratio = chunk_ratios(labels, mask, weights, n, L)
-    xs = dict(ids=_chunked(ids, n, L), mask=_chunked(mask, n, L), rosa=_chunked(rosa, n, L),
-              labels=_chunked(labels, n, L, IGNORE_INDEX), weights=_chunked(weights.astype(jnp.float32), n, L, 0.0),
-              lr=label_ratio, tr=token_ratio)
+    xs = {"ids": _chunked(ids, n, L), "mask": _chunked(mask, n, L), "rosa": _chunked(rosa, n, L),
+          "labels": _chunked(labels, n, L, IGNORE_INDEX), "weights": _chunked(weights.astype(jnp.float32), n, L, 0.0),
+          "lr": label_ratio, "tr": token_ratio, "end": (jnp.arange(n, dtype=jnp.int32) + 1) * L}
     mode = RunMode.train()
+    inner = opts.inner_update
+    probe0 = jnp.zeros((B, L, cfg.ltm_topk, cfg.ltm_val_dim), jnp.float32) if inner else None
 
-    def chunk_loss(p, state, x):
-        model = nnx.merge(graphdef, p, rest)
+    def chunk_loss(p, probe, state, x):
+        model = merged_model(ctx, p)
         out, new_state = forward(model, x["ids"], state, mode=mode, rosa_ids=x["rosa"], attention_mask=x["mask"],
-                                 drift_seed=state.drift, warmup_step=warmup_step)
-        lm = chunked_lm_loss(out.hidden, model.tok_emb.embedding[...], x["labels"], z_loss_weight=cfg.z_loss_weight,
-                             loss_weights=x["weights"], rows_per_chunk=lc.loss_rows_per_chunk)
-        ponder, has_ponder = ponder_cost(out, x["mask"])
-        commit = commitment_cost(out, x["mask"])
+                                 drift_seed=state.drift, warmup_step=warmup_step, retrieval_probe=probe,
+                                 remat=opts.remat_tokens)
+        lm, ponder, has_ponder, commit = lm_terms(ctx, model, out, x["labels"], x["weights"], x["mask"])
         loss = compose_loss(lc, lm.loss, ponder, has_ponder, commit, x["lr"], x["tr"], divisor, cfg.max_h_steps)
         finite = jnp.isfinite(lm.loss) & jnp.isfinite(ponder) & jnp.isfinite(commit) & jnp.isfinite(loss)
         m = ChunkMetrics(loss * divisor, lm.ce * x["lr"], lm.z_loss * x["lr"],
                          jnp.where(has_ponder, ponder, 0.0) * x["tr"], commit * x["tr"], finite)
-        return loss, (m, new_state)
+        return loss, (m, new_state, out.topk_idx)
 
-    grad_fn = jax.value_and_grad(chunk_loss, has_aux=True)
+    grad_fn = jax.value_and_grad(chunk_loss, argnums=(0, 1) if inner else 0, has_aux=True)
     zero_grads = jax.tree.map(jnp.zeros_like, params)
     zero_m = ChunkMetrics(*(jnp.float32(0.0),) * 5, jnp.bool_(True))
 
@@ -236,7 +331,14 @@ def micro_batch_grads(graphdef, params, rest, cfg, lc: LossConfig, ids, labels, 
         active = ((x["lr"] > 0) | (x["tr"] > 0)) & alive
 
         def run(_):
-            (_, (m, new_state)), g = grad_fn(params, state, x)
+            (_, (m, new_state, idx)), g = grad_fn(params, probe0, state, x)
+            if inner:
+                g, G = g
+                G, ok = prepare_ltm_grads(G, opts.grad_clip)
+                memory = titans_write(cfg, new_state.memory, idx, G, ctx.ltm_lr, chunk_end=x["end"],
+                                      tokens_covered=jnp.float32(L))
+                new_state = new_state._replace(memory=memory)
+                m = m._replace(finite=m.finite & ok)
             return g, m, carry_state(cfg, new_state)
 
         def skip(_):
@@ -248,10 +350,91 @@ def micro_batch_grads(graphdef, params, rest, cfg, lc: LossConfig, ids, labels, 
         m_acc = ChunkMetrics(*(a + b for a, b in zip(m_acc[:5], m[:5])), m_acc.finite & ok)
         return (new_state, g_acc, m_acc, alive & ok, any_active | active), None
 
-    state0 = zeros_state(cfg, B)
-    (_, grads, metrics, finite, any_active), _ = jax.lax.scan(
+    state0 = zeros_state(cfg, B) if state0 is None else state0
+    (state, grads, metrics, finite, any_active), _ = jax.lax.scan(
         body, (state0, zero_grads, zero_m, jnp.bool_(True), jnp.bool_(False)), xs)
-    return grads, metrics, finite, any_active
+    return MicroBatchResult(grads, metrics, finite, any_active, state)
+
+
+def planning_ratios(mask, n: int, L: int, h_stride: int):
+    """§5.4 ``ponder_ratio [n]``: the share of real planning-position tokens per segment."""
+    B, T = mask.shape
+    planned = (np.arange(T) % h_stride == 0).astype(np.float32)
+    p = jnp.sum((mask.astype(jnp.float32) * planned).reshape(B, n, L), axis=(0, 2))
+    total = jnp.sum(p)
+    return jnp.where(total > 0, p / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+def full_sample_grads(ctx: StepContext, params, ids, labels, mask, rosa, weights, warmup_step, divisor,
+                      state0: HierarchosState | None = None) -> MicroBatchResult:
+    """§5.7 full-sample BPTT over one micro-batch: segments of ``full_sample_segment_size``
+    (each under ``jax.checkpoint``; one segment of ``T`` when ``full_sample_remat`` is off)
+    carry their states attached, the components are aggregated with the chunk ratios and
+    composed once with ratio 1; one gradient of the whole sample (read-only LTM).
+
+    ``T`` need not be a multiple of the segment size: the tail is padded with masked tokens
+    (numerically neutral: they come after every real token and carry no loss).
+    """
+    cfg, lc, opts = ctx.cfg, ctx.lc, ctx.options
+    B, T = ids.shape
+    S = opts.full_sample_segment_size if opts.full_sample_remat else T
+    S = min(S, T)
+    pad = (-T) % S
+    if pad:
+        padded = lambda x, fill: jnp.pad(x, ((0, 0), (0, pad)), constant_values=fill)  # noqa: E731
+        ids, labels, mask = padded(ids, 0), padded(labels, IGNORE_INDEX), padded(mask, 0)
+        rosa, weights = padded(rosa, cfg.vocab_size), padded(weights.astype(jnp.float32), 0.0)
+    n, L = chunk_layout(T + pad, S)
+    label_ratio, token_ratio = chunk_ratios(labels, mask, weights, n, L)
+    ponder_ratio = planning_ratios(mask, n, L, cfg.h_stride)
+    xs = {"ids": _chunked(ids, n, L), "mask": _chunked(mask, n, L), "rosa": _chunked(rosa, n, L),
+          "labels": _chunked(labels, n, L, IGNORE_INDEX), "weights": _chunked(weights.astype(jnp.float32), n, L, 0.0),
+          "lr": label_ratio, "tr": token_ratio, "pr": ponder_ratio}
+    mode = RunMode.train()
+    token_remat = opts.remat_tokens and not opts.full_sample_remat
+    zero = jnp.float32(0.0)
+
+    def segment(p, state, x):
+        def run(state):
+            model = merged_model(ctx, p)
+            out, new_state = forward(model, x["ids"], state, mode=mode, rosa_ids=x["rosa"], attention_mask=x["mask"],
+                                     drift_seed=None, warmup_step=warmup_step, remat=token_remat)
+            lm, ponder, has_ponder, commit = lm_terms(ctx, model, out, x["labels"], x["weights"], x["mask"])
+            return new_state, (lm.loss * x["lr"], lm.ce * x["lr"], lm.z_loss * x["lr"],
+                               jnp.where(has_ponder, ponder * x["pr"], 0.0), commit * x["tr"], has_ponder)
+
+        def skip(state):
+            return state, (zero, zero, zero, zero, zero, jnp.bool_(False))
+
+        return jax.lax.cond((x["lr"] > 0) | (x["tr"] > 0), run, skip, state)
+
+    if opts.full_sample_remat:
+        segment = jax.checkpoint(segment)
+
+    def sample_loss(p):
+        def body(state, x):
+            return segment(p, state, x)
+
+        start = zeros_state(cfg, B) if state0 is None else state0
+        state, parts = jax.lax.scan(body, start, xs)
+        ce_full, ce, z, ponder, commit, has_ponder = parts
+        ce_full, ce, z, ponder, commit = (jnp.sum(a) for a in (ce_full, ce, z, ponder, commit))
+        has_ponder = jnp.any(has_ponder)
+        loss = compose_loss(lc, ce_full, ponder, has_ponder, commit, 1.0, 1.0, divisor, cfg.max_h_steps)
+        finite = jnp.isfinite(ce_full) & jnp.isfinite(ponder) & jnp.isfinite(commit) & jnp.isfinite(loss)
+        m = ChunkMetrics(loss * divisor, ce, z, ponder, commit, finite)
+        return loss, (m, state)
+
+    (_, (m, state)), grads = jax.value_and_grad(sample_loss, has_aux=True)(params)
+    active = jnp.any((label_ratio > 0) | (token_ratio > 0))
+    return MicroBatchResult(grads, m, m.finite, active, carry_state(cfg, state))
+
+
+def micro_batch_grads(ctx: StepContext, params, ids, labels, mask, rosa, weights, warmup_step, divisor,
+                      state0: HierarchosState | None = None) -> MicroBatchResult:
+    """One micro-batch ``[B, T]``: TBPTT or full-sample BPTT per ``ctx.options``."""
+    fn = full_sample_grads if ctx.options.full_sample_bptt else tbptt_grads
+    return fn(ctx, params, ids, labels, mask, rosa, weights, warmup_step, divisor, state0)
 
 
 # ---------------------------------------------------------------- the step
@@ -266,9 +449,10 @@ class StepMetrics(NamedTuple):
     lr: jax.Array
     tokens: jax.Array
     applied: jax.Array
+    ltm_lr: jax.Array    # the LTM inner-update LR used by this step's writes (0 in read-only mode)
 
 
-def window_grads(graphdef, params, rest, cfg, lc: LossConfig, batch: Batch, divisor):
+def window_grads(ctx: StepContext, params, batch: Batch, divisor):
     """Accumulate over the ``A`` micro-batches of a window (§5.9). A micro-batch with a
     non-finite loss discards the window's gradients so far (as the reference)."""
     zero_grads = jax.tree.map(jnp.zeros_like, params)
@@ -276,13 +460,13 @@ def window_grads(graphdef, params, rest, cfg, lc: LossConfig, batch: Batch, divi
     def body(carry, mb):
         g_acc, has, m_sum, n_real, n_bad = carry
         ids, labels, mask, rosa, weights, warm = mb
-        g, m, finite, active = micro_batch_grads(graphdef, params, rest, cfg, lc, ids, labels, mask, rosa, weights,
-                                                 warm, divisor)
-        bad = active & ~finite
-        g_acc = jax.tree.map(lambda a, b: jnp.where(bad, jnp.zeros_like(a), a + jnp.where(active, b, 0.0)), g_acc, g)
-        has = jnp.where(bad, False, has | active)
-        good = active & finite
-        m_sum = jax.tree.map(lambda s, v: s + jnp.where(good, v, 0.0), m_sum, tuple(m[:5]))
+        r = micro_batch_grads(ctx, params, ids, labels, mask, rosa, weights, warm, divisor)
+        bad = r.active & ~r.finite
+        g_acc = jax.tree.map(lambda a, b: jnp.where(bad, jnp.zeros_like(a), a + jnp.where(r.active, b, 0.0)),
+                             g_acc, r.grads)
+        has = jnp.where(bad, False, has | r.active)
+        good = r.active & r.finite
+        m_sum = jax.tree.map(lambda s, v: s + jnp.where(good, v, 0.0), m_sum, tuple(r.metrics[:5]))
         return (g_acc, has, m_sum, n_real + good.astype(jnp.float32), n_bad + bad.astype(jnp.int32)), None
 
     m0 = (jnp.float32(0.0),) * 5
@@ -292,10 +476,12 @@ def window_grads(graphdef, params, rest, cfg, lc: LossConfig, batch: Batch, divi
     return grads, has, m_mean, n_bad
 
 
-def train_step(graphdef, rest, cfg, lc: LossConfig, tx, schedule, params, opt_state, counters: Counters,
-               batch: Batch, divisor):
+def train_step(graphdef, rest, cfg, lc: LossConfig, tx, schedule, options: StepOptions, params, opt_state,
+               counters: Counters, batch: Batch, divisor):
     """One optimizer update over a window (pure; see :class:`TrainStep` for the jitted form)."""
-    grads, has, (loss, ce, z, ponder, commit), n_bad = window_grads(graphdef, params, rest, cfg, lc, batch, divisor)
+    ltm_lr = options.ltm_schedule()(counters.ltm_steps) if options.inner_update else jnp.float32(0.0)
+    ctx = StepContext(graphdef, rest, cfg, lc, options, ltm_lr)
+    grads, has, (loss, ce, z, ponder, commit), n_bad = window_grads(ctx, params, batch, divisor)
     gnorm = global_norm(grads)
     ok = has & jnp.isfinite(gnorm)
     lr = schedule(counters.updates)
@@ -305,10 +491,13 @@ def train_step(graphdef, rest, cfg, lc: LossConfig, tx, schedule, params, opt_st
     params = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_params, params)
     opt_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_opt, opt_state)
     skipped = (has & ~ok) | (n_bad > 0)
+    ltm_steps = counters.ltm_steps
+    if options.inner_update and not options.disable_ltm_lr_schedule:
+        ltm_steps = jnp.where(ok, jnp.minimum(ltm_steps + 1, max(1, options.ltm_total_steps)), ltm_steps)
     counters = Counters(counters.updates + ok.astype(jnp.int32), counters.skipped + skipped.astype(jnp.int32),
-                        counters.nonfinite_batches + n_bad, counters.ltm_steps)
+                        counters.nonfinite_batches + n_bad, ltm_steps)
     tokens = jnp.sum(batch.attention_mask.astype(jnp.float32))
-    return params, opt_state, counters, StepMetrics(loss, ce, z, ponder, commit, gnorm, lr, tokens, ok)
+    return params, opt_state, counters, StepMetrics(loss, ce, z, ponder, commit, gnorm, lr, tokens, ok, ltm_lr)
 
 
 class TrainStep:
@@ -317,10 +506,11 @@ class TrainStep:
 
     def __init__(self, graphdef, rest, model_config, loss_config: LossConfig, tx, schedule,
                  options: StepOptions = StepOptions()):
-        if (options.inner_update or options.full_sample_bptt or not options.remat_tokens
-                or options.compute_dtype != "float32"):
-            raise NotImplementedError("train-step options other than read-only fp32 TBPTT are not implemented yet")
-        fn = functools.partial(train_step, graphdef, rest, model_config, loss_config, tx, schedule)
+        if options.full_sample_bptt and options.inner_update:
+            raise ValueError("full-sample BPTT trains the LTM read-only: apply apply_full_sample_implications() "
+                             "to the config and options first")
+        fn = functools.partial(train_step, graphdef, rest, model_config, loss_config, tx, schedule, options)
+        self.options = options
         self._jit = jax.jit(fn, donate_argnums=(0, 1))
 
     def __call__(self, params, opt_state, counters: Counters, batch: Batch, divisor=None):
