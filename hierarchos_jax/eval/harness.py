@@ -84,11 +84,11 @@ def task_manager(tasks: Sequence[str], include_path: str | os.PathLike | None = 
     if include_path is not None:
         if not os.path.exists(include_path):
             raise EvalError(f"{include_path}: no such task include path")
-        local = TaskManager(include_path=str(include_path), include_defaults=False, verbosity="ERROR")
+        local = TaskManager(include_path=str(include_path), include_defaults=False)
         if all(t in local.all_tasks for t in tasks):
             return local
-        return TaskManager(include_path=str(include_path), verbosity="ERROR")
-    return TaskManager(verbosity="ERROR")
+        return TaskManager(include_path=str(include_path))
+    return TaskManager()
 
 
 def unknown_tasks(manager, tasks: Sequence[str]) -> list[str]:

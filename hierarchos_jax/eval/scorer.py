@@ -46,7 +46,7 @@ from hierarchos_jax.model.mode import RunMode
 from hierarchos_jax.model.rosa import RosaAutomaton
 from hierarchos_jax.model.state import zeros_state
 
-LENGTH_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536)
+LENGTH_BUCKETS = (64, 256, 1024, 4096, 16384, 65536)
 
 
 @dataclasses.dataclass(frozen=True)
