@@ -216,8 +216,29 @@ def test_joint_batch_of_equal_prompts_equals_the_single_run(tiny, engine):
     for r in gen_batch(engine, [p, p], memory=memory, max_new_tokens=8, batch_mode="joint"):
         assert r.token_ids == single.token_ids
         np.testing.assert_allclose(r.step_logits, single.step_logits, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="one length"):
-        gen_batch(engine, [p, p[:-1]], max_new_tokens=8, batch_mode="joint")
+
+
+def test_joint_batch_of_different_lengths_with_per_row_positions_and_seeds(tiny):
+    """Joint rows of different lengths (13 and 10 tokens: out of phase, h_stride 2) on a legacy
+    checkpoint with 8-token chunks, so rows start chunks at different calls and only those
+    rows get drift seeds. With one refinement and no pondering step nothing is batch-global,
+    so every row must equal its single run; positions are carried per row."""
+    loaded, g, memory, tok = tiny
+    cfg = loaded.config.replace(inference_logit_parity=False, full_sample_bptt=False, training_chunk_size=8,
+                                max_l_steps=1, max_h_steps=1)
+    model = Hierarchos(cfg, rngs=nnx.Rngs(0))
+    nnx.update(model, nnx.state(loaded.model))
+    eng = GenerationEngine(model, cfg, tok, prefill_piece=4)
+    prompts = [prompt_of(g, 13), prompt_of(g)[3:13]]
+    joint = gen_batch(eng, prompts, memory=memory, max_new_tokens=12, batch_mode="joint")
+    for p, r in zip(prompts, joint):
+        single = gen(eng, p, memory=memory, max_new_tokens=12)
+        assert r.token_ids == single.token_ids
+        np.testing.assert_allclose(r.step_logits, single.step_logits, atol=2e-5, rtol=1e-5)
+    st = joint[0].state
+    assert st.layout == "batch" and np.asarray(st.state.position).tolist() == [25, 22]
+    with pytest.raises(ValueError, match="same position"):
+        gen_batch(eng, prompts, state=st, max_new_tokens=2, batch_mode="joint")
 
 
 # --------------------------------------------------------------------------- sampling

@@ -55,10 +55,16 @@ forward interact. Two layouts:
   shorter rows masked), and in decoding, rows whose phase (position mod ``h_stride``)
   differs wait — at most ``h_stride - 1`` calls, once — until they line up. Rows that
   start a continued prompt at positions out of phase take a slower per-row prefill.
-* ``batch_mode="joint"``: one batched forward, as the reference's model runs B > 1: all
-  prompts must have one length (one shared position), and the batch-global early exits
-  make rows interact (for exact checkpoints too: the worker's convergence test is a
-  batch mean), exactly as in the reference for B > 1.
+* ``batch_mode="joint"``: one batched forward, as the reference's model runs B > 1, and the
+  batch-global early exits make rows interact (for exact checkpoints too: the worker's
+  convergence test is a batch mean), exactly as in the reference for B > 1. Prompts of
+  different lengths start together; a row whose prompt has ended is frozen (masked) while
+  the longer ones finish, so rows then sit at different absolute positions, carried per
+  row (``position [B]``). In decoding, as for independent rows, the rows fed by one call
+  share the position the model sees (they agree modulo ``h_stride``; rows out of phase
+  wait), and for legacy checkpoints each row that starts a chunk gets its own carried
+  drift as the seed while the others derive theirs (:func:`derived_drift`). A joint
+  batch continues (``state=``) only from one shared position.
 
 On CPU both run at about the same speed. A finished row keeps being computed until
 every row is done (its state frozen, its outputs ignored).
@@ -84,7 +90,9 @@ from hierarchos_jax.infer.sampling import (DEFAULT_CANDIDATES, SamplingArrays, S
 from hierarchos_jax.model.hierarchos import forward
 from hierarchos_jax.model.ltm import WorkingMemory
 from hierarchos_jax.model.mode import RunMode
+from hierarchos_jax.model.numerics import drift_clamp, finite_clamp
 from hierarchos_jax.model.rosa import RosaAutomaton
+from hierarchos_jax.model.rwkv import state_hidden
 from hierarchos_jax.model.state import HierarchosState, zeros_state
 
 STOP_EOS = "eos"
@@ -150,8 +158,9 @@ class GenerationState(NamedTuple):
     """Everything needed to continue a sequence: the device state (with its working
     memory) and each row's ROSA automaton (``None`` for models without ROSA).
 
-    ``layout`` is ``"batch"`` (arrays ``[B, ...]``, one scalar position) or ``"rows"``
-    (every field ``[B, 1, ...]``, positions ``[B]``: independent batch rows).
+    ``layout`` is ``"batch"`` (arrays ``[B, ...]``, one scalar position, or positions ``[B]``
+    for a joint batch whose prompts differ in length) or ``"rows"`` (every field
+    ``[B, 1, ...]``, positions ``[B]``: independent batch rows).
     """
 
     state: HierarchosState
@@ -220,12 +229,25 @@ class _Program:
     min_timestamp: float = 0.0        # ... and of model timestamp >= this (when > 0)
 
 
-def _block(model, mode, prog: _Program, state, memory, ids, rosa, *, seeded: bool):
+def derived_drift(model, l_state):
+    """The drift the model derives from a worker state at the first token of a call (the
+    initial drift when no seed is given; spec model.md §6.2): lets a joint batch seed only
+    the rows that start a chunk."""
+    cfg = model.config
+    hidden = state_hidden(finite_clamp(l_state, cfg.recurrent_state_clamp))
+    return drift_clamp(jnp.tanh(model.context_drift_proj(hidden)), cfg.drift_state_clamp, cfg.drift_norm_clamp)
+
+
+def _block(model, mode, prog: _Program, state, memory, ids, rosa, *, seeded):
     """Run one block ``ids [b, T]`` from ``state`` (memory held apart); returns the new
-    state and the last token's final hidden ``[b, C]``."""
+    state and the last token's final hidden ``[b, C]``. ``seeded``: a bool (every row) or a
+    ``[b]`` mask of the rows that receive their carried drift as the seed."""
+    if isinstance(seeded, bool):
+        seed = state.drift if seeded else None
+    else:
+        seed = jnp.where(seeded[:, None], state.drift, derived_drift(model, state.l_state))
     out, new = forward(model, ids, state._replace(memory=memory), mode=mode, rosa_ids=rosa,
-                       drift_seed=state.drift if seeded else None, min_timestamp=prog.min_timestamp,
-                       source_filter=prog.source_filter)
+                       drift_seed=seed, min_timestamp=prog.min_timestamp, source_filter=prog.source_filter)
     return new._replace(memory=None), out.hidden[:, -1]
 
 
@@ -234,8 +256,8 @@ def _is_chunk_start(position, chunk: int):
 
 
 def _select_rows(active, new, old):
-    """Per row: ``new`` where ``active [B]``, else ``old`` (a joint batch's scalar position
-    advances for every row)."""
+    """Per row: ``new`` where ``active [B]``, else ``old`` (a scalar position advances for
+    every row)."""
     def pick(n, o):
         if n.ndim == 0:
             return n
@@ -253,9 +275,17 @@ def _run_block(model, mode, prog: _Program, state, memory, ids, rosa, *, seeded:
     predicate turns it into a select that materialises the manager's weights once per
     row, about 10x slower on CPU). ``None``: each row's own position (slow path).
     Each row's true position is carried in ``state.position`` and advanced here.
+
+    Batch layout (one batched forward): a scalar ``state.position`` is the batch's; with
+    per-row positions ``[B]`` (a joint batch whose rows have different lengths) the forward
+    sees the shared ``position`` of the rows being fed (they agree modulo ``h_stride``).
     """
     if prog.layout == "batch":
-        return _block(model, mode, prog, state, memory, ids, rosa, seeded=seeded)
+        if state.position.ndim == 0:
+            return _block(model, mode, prog, state, memory, ids, rosa, seeded=seeded)
+        shared = state.position[0] if position is None else position
+        new, hidden = _block(model, mode, prog, state._replace(position=shared), memory, ids, rosa, seeded=seeded)
+        return new._replace(position=state.position + ids.shape[-1]), hidden
     mem = WorkingMemory(*(a[:, None] for a in memory)) if prog.row_memory else memory
 
     def row(st, m, i, r):
@@ -364,7 +394,10 @@ def _feed(model, mode, prog: _Program, state, memory, tokens, rosa, active, posi
         return run(False)
     starts = _is_chunk_start(state.position, prog.seed_chunk)
     if prog.layout == "batch":
-        return jax.lax.cond(starts, lambda: run(True), lambda: run(False))
+        if starts.ndim == 0:
+            return jax.lax.cond(starts, lambda: run(True), lambda: run(False))
+        seeds = starts & active  # a joint batch with per-row positions: seed only those rows
+        return jax.lax.cond(jnp.any(seeds), lambda: run(seeds), lambda: run(False))
 
     def mixed():  # only a step where some row is at a chunk start pays for both variants
         return _select_rows(starts, run(True), run(False))
@@ -559,8 +592,7 @@ class GenerationEngine:
         memory = state.memory
         state = state._replace(memory=None)
         if prog.layout == "batch":
-            if len(set(lengths)) != 1:
-                raise ValueError("a joint batch needs prompts of one length (use batch_mode='independent')")
+            pass  # rows of different lengths carry per-row positions (see stream_batch)
         else:  # rows layout: every row is a batch of one
             ids, rosa = ids[:, None], None if rosa is None else rosa[:, None]
         n = jnp.asarray(lengths, jnp.int32)
@@ -656,6 +688,14 @@ class GenerationEngine:
             rosa = None if state.rosa is None else tuple(a.copy() for a in state.rosa)  # keep `state` intact
             gen_state = GenerationState(state.state, rosa, layout)
         starts = np.broadcast_to(np.asarray(gen_state.state.position), (B,)).astype(int)
+        if layout == "batch" and B > 1:
+            if len(set(starts.tolist())) != 1:
+                raise ValueError("a joint batch continues only when every row is at the same position "
+                                 f"(rows are at {sorted(set(starts.tolist()))}; use batch_mode='independent')")
+            if len({len(p) for p in ids}) > 1 and gen_state.state.position.ndim == 0:
+                # rows of different lengths end at different positions: carry one per row
+                position = jnp.full((B,), gen_state.state.position, jnp.int32)
+                gen_state = gen_state._replace(state=gen_state.state._replace(position=position))
         prog = self._program(layout=layout, sampling=sampling, stop=stop, eos_ids=eos_ids, batch=B,
                              memory=gen_state.state.memory, aligned_prefill=len(set(starts.tolist())) == 1,
                              source_filter=source_filter, min_timestamp=min_timestamp)
@@ -720,11 +760,12 @@ class GenerationEngine:
                 yield event
 
         h_stride = self.config.h_stride
+        per_row = prog.layout == "rows" or np.ndim(gen_state.state.position) == 1
         while True:
             waiting = [b for b, row in enumerate(rows) if row.pending is not None]
             if not waiting:
                 break
-            if prog.layout == "rows":  # feed the rows of the lowest phase (all, once aligned)
+            if per_row:  # feed the rows of the lowest phase (all, once aligned)
                 phase = min(positions[b] % h_stride for b in waiting)
                 waiting = [b for b in waiting if positions[b] % h_stride == phase]
             inputs = np.zeros((4, B), np.int32)  # tokens, ROSA hints, active flags, shared position
