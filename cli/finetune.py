@@ -70,19 +70,32 @@ def register(subparsers) -> None:
     o.add_argument("--max-ponder-cost-for-backward", dest="max_ponder_cost_for_backward", type=float, default=0.0)
     o.add_argument("--amp", action="store_true", help="bfloat16 compute (parameters and adapter stay float32)")
     o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--save-every", "--save-steps", "--save_steps", dest="save_every", type=int, default=0,
-                   metavar="N", help="also save the adapter every N updates (0 = only at the end)")
+    o.add_argument("--save-steps", "--save_steps", "--save-every", dest="save_every", type=int, default=0,
+                   metavar="N", help="every N updates save the adapter and a resumable checkpoint "
+                                     "(OUT_DIR/checkpoints; 0 = only the final adapter)")
     o.add_argument("--no-progress", action="store_true")
-    o.add_argument("--resume-from-ckpt", "--resume_from_ckpt", dest="resume_from_ckpt", default=None,
-                   help=argparse.SUPPRESS)
+    o.add_argument("--resume-from-ckpt", "--resume_from_ckpt", dest="resume_from_ckpt", default=None, metavar="CKPT",
+                   help="continue a fine-tune from a checkpoint of --save-every (a step directory, its "
+                        "checkpoints/ directory or the fine-tune's --out-dir); --model-path names the base")
+    o.add_argument("--override-scheduling", "--override_scheduling", dest="override_scheduling", nargs="?",
+                   const=True, default=False, type=_bool, metavar="BOOL",
+                   help="on resume: fresh optimizer state and schedule (the reference's full-length schedule)")
     _add_data_args(p)
     p.set_defaults(func=run)
 
 
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off"}
+
+
+def _bool(text: str) -> bool:
+    v = str(text).strip().lower()
+    if v in _TRUE | _FALSE:
+        return v in _TRUE
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, yes/no, 1/0, on/off), got {text!r}")
+
+
 def run(args) -> int:
-    if args.resume_from_ckpt:
-        raise CLIError("--resume-from-ckpt: resuming a LoRA fine-tune is not implemented in this port; "
-                       "start again from the base with --model-path")
     if args.lora_r < 1:
         raise CLIError(f"--lora_r must be >= 1, got {args.lora_r}")
     if not 0.0 <= args.lora_dropout < 1.0:
@@ -104,6 +117,7 @@ def run(args) -> int:
         warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio,
         disable_lr_schedule=args.disable_lr_schedule, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         h_stride=args.h_stride, seed=args.seed, save_every=args.save_every, progress=not args.no_progress,
-        loss=loss, compute_dtype="bfloat16" if args.amp else "float32")
+        loss=loss, compute_dtype="bfloat16" if args.amp else "float32", resume_from_ckpt=args.resume_from_ckpt,
+        override_scheduling=args.override_scheduling)
     ft.finetune(fargs, data_args=args)
     return 0

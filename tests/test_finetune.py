@@ -143,6 +143,29 @@ def test_finetune_lowers_the_loss_and_merge_is_exact(run, capsys):
     assert ce1 < ce0 - 0.1, (ce0, ce1)
 
 
+def test_resume_from_a_checkpoint_reproduces_the_run(run, capsys):
+    root, _ = run
+    assert sorted(int(d.name) for d in (root / "ad" / "checkpoints").iterdir() if d.name.isdigit()) == [4, 8]
+    rc = cli_main.main(["finetune", "--model-path", str(root / "base"), "--out-dir", str(root / "resumed"),
+                        "--resume-from-ckpt", str(root / "ad" / "checkpoints" / "4"), "--steps", str(STEPS),
+                        "--batch_size", "8", "--max_length", "24", "--starting-lr", "1e-2", "--lora_r", "4",
+                        "--lora_alpha", "8", "--lora-dropout", "0", "--save-every", "4", "--h_stride", "3",
+                        "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert "resumed from" in capsys.readouterr().out
+    from safetensors.numpy import load_file
+
+    a = load_file(str(root / "ad" / L.ADAPTER_WEIGHTS))
+    b = load_file(str(root / "resumed" / L.ADAPTER_WEIGHTS))
+    assert a.keys() == b.keys()
+    for k in a:                                   # the same four updates: bit-identical adapter
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    lines = [json.loads(x) for x in (root / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    first = [json.loads(x) for x in (root / "ad" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [5, 6, 7, 8]
+    assert [r["loss"] for r in lines] == [r["loss"] for r in first[4:]]
+
+
 def test_mismatched_adapter_and_bad_options_are_one_line_errors(run, capsys, tmp_path):
     root, _ = run
     save_model_dir(Hierarchos(_cfg(ltm_topk=3), rngs=nnx.Rngs(0)), tmp_path / "other")
@@ -160,3 +183,11 @@ def test_mismatched_adapter_and_bad_options_are_one_line_errors(run, capsys, tmp
                         "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1 and "vocab_size 13" in err, err
+    rc = cli_main.main(["finetune", "--model-path", str(root / "base"), "--out-dir", str(tmp_path / "o2"),
+                        "--resume-from-ckpt", str(tmp_path / "nope"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "nope" in err, err
+    rc = cli_main.main(["finetune", "--model-path", str(root / "base"), "--out-dir", str(tmp_path / "o3"),
+                        "--resume-from-ckpt", str(root / "ad"), "--lora_r", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "rank 4" in err, err

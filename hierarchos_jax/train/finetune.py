@@ -81,6 +81,9 @@ class FinetuneArgs:
     save_every: int = 0
     progress: bool = True
     compute_dtype: str = "float32"  # "bfloat16": --amp (fp32 params and adapter, bf16 compute)
+    resume_from_ckpt: str | None = None
+    override_scheduling: bool = False  # on resume: fresh optimizer state and schedule position
+    keep_checkpoints: int = 3
     loss: LossConfig = dataclasses.field(default_factory=lambda: LossConfig(chunk_size=0))
 
 
@@ -113,10 +116,11 @@ def make_adapter_optimizer(ocfg: OptimConfig, lora: dict):
 
 # ---------------------------------------------------------------- the step
 
-def finetune_step(ctx: StepContext, spec: lora_lib.LoraSpec, tx, schedule,
-                  base, lora, opt_state, counters: Counters, batch, divisor, dropout_key):
-    """One optimizer update of the adapter over an accumulation window (pure; the LTM is
-    read-only, ``ctx.options`` must say so)."""
+def finetune_step(graphdef, cfg, lc: LossConfig, options: StepOptions, spec: lora_lib.LoraSpec, ocfg: OptimConfig,
+                  rest, base, lora, opt_state, counters: Counters, batch, divisor, dropout_key):
+    """One optimizer update of the adapter over an accumulation window (pure; read-only LTM)."""
+    ctx = StepContext(graphdef, rest, cfg, lc, options)
+    tx, schedule = make_adapter_optimizer(ocfg, lora)
     merged, pullback = jax.vjp(lambda l: lora_lib.apply_lora(base, l, spec, dropout_key=dropout_key), lora)
     grads, has, (loss, ce, _z, ponder, commit), n_bad = window_grads(ctx, merged, batch, divisor)
     (lgrads,) = pullback(grads)
@@ -136,25 +140,32 @@ def finetune_step(ctx: StepContext, spec: lora_lib.LoraSpec, tx, schedule,
     return lora, opt_state, counters, FinetuneMetrics(loss, ce, ponder, commit, gnorm, lr, tokens, ok)
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_step(graphdef, cfg, lc, options, spec, ocfg):
+    # One compiled step per static setting, shared by later runs in the process (a resume, say).
+    fn = functools.partial(finetune_step, graphdef, cfg, lc, options, spec, ocfg)
+    return jax.jit(fn, donate_argnums=(2, 3))
+
+
 class FinetuneStep:
     """``lora, opt_state, counters, metrics = step(base, lora, opt_state, counters, batch, key)``,
-    jitted with the adapter and optimizer state donated (the base is an argument, not a
-    baked-in constant)."""
+    jitted with the adapter and optimizer state donated (the base and the buffers are
+    arguments, not baked-in constants)."""
 
-    def __init__(self, graphdef, rest, cfg, lc: LossConfig, spec: lora_lib.LoraSpec, tx, schedule,
-                 options: StepOptions = StepOptions()):
+    def __init__(self, graphdef, rest, cfg, lc: LossConfig, spec: lora_lib.LoraSpec, ocfg: OptimConfig,
+                 options: StepOptions | None = None):
+        options = options or StepOptions()
         if options.inner_update:
             raise ValueError("LoRA fine-tuning trains with a read-only LTM (spec §7)")
         self._dropout = spec.dropout > 0
-        ctx = StepContext(graphdef, rest, cfg, lc, options)
-        fn = functools.partial(finetune_step, ctx, spec, tx, schedule)
-        self._jit = jax.jit(fn, donate_argnums=(1, 2))
+        self._rest = rest
+        self._jit = _jitted_step(graphdef, cfg, lc, options, spec, ocfg)
 
     def __call__(self, base, lora, opt_state, counters, batch, key, divisor=None):
         if divisor is None:
             divisor = batch.input_ids.shape[0]
         counters = Counters(*(jnp.asarray(c, jnp.int32) for c in counters))
-        return self._jit(base, lora, opt_state, counters, batch, jnp.float32(divisor),
+        return self._jit(self._rest, base, lora, opt_state, counters, batch, jnp.float32(divisor),
                          key if self._dropout else None)
 
 
@@ -217,6 +228,68 @@ def _base_identity(model_path: Path, base_params) -> dict:
             "weights_sha256": lora_lib.file_sha256(weights)}
 
 
+CHECKPOINT_KIND = "hierarchos-jax-lora-finetune"
+
+
+def _data_state(source: _Source, drawn: int) -> dict:
+    """Where the data stream is: the pipeline's own state, or (embedded task) the number of
+    micro-batches drawn (the stream is deterministic from the seed)."""
+    it = source.micro_batches
+    return {"iterator": it.get_state()} if hasattr(it, "get_state") else {"drawn": int(drawn)}
+
+
+def _skip_to(source: _Source, data_state: dict | None, drawn: int) -> None:
+    it = source.micro_batches
+    if data_state and "iterator" in data_state and hasattr(it, "set_state"):
+        it.set_state(data_state["iterator"])
+        return
+    for _ in range(int((data_state or {}).get("drawn", drawn))):
+        next(it)
+
+
+def _metrics_up_to(path: Path, step: int) -> list[str]:
+    if not path.is_file():
+        return []
+    return [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+
+
+def _resume(args, identity: dict, spec, lora, opt_state, counters, *, log):
+    """Restore adapter, optimizer state and counters from ``--resume-from-ckpt`` (a step
+    directory, a ``checkpoints`` directory or a fine-tune output directory)."""
+    from hierarchos_jax.train.checkpoint import (
+        CheckpointError,
+        Checkpoints,
+        read_meta,
+        resolve_step_dir,
+        state_target,
+    )
+
+    root, step = resolve_step_dir(args.resume_from_ckpt)
+    meta = read_meta(root / str(step)).get("extra", {})
+    if meta.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"checkpoint {root / str(step)} is not a LoRA fine-tune checkpoint")
+    if meta.get("base", {}).get("shape_sha256") != identity["shape_sha256"]:
+        raise CheckpointError(f"checkpoint {root / str(step)} was fine-tuned from a base with other shapes "
+                              f"than {args.model_path}")
+    if int(meta.get("rank", -1)) != spec.rank:
+        raise CheckpointError(f"checkpoint {root / str(step)} has LoRA rank {meta.get('rank')}, this run {spec.rank}")
+    if meta["base"].get("weights_sha256") != identity["weights_sha256"]:
+        log(f"warning: {args.model_path} is not the exact base of {root / str(step)} (weights differ)")
+    fresh_opt = bool(args.override_scheduling)
+    restored = Checkpoints(root, read_only=True).restore(
+        step, params=jax.eval_shape(lambda: lora), opt_state=None if fresh_opt else jax.eval_shape(lambda: opt_state),
+        state=state_target({}))
+    log(f"resumed from {root / str(step)} at update {step}" + (" (fresh optimizer: --override-scheduling)"
+                                                                if fresh_opt else ""))
+    # Host round trip: uncommitted arrays like a fresh run's, so the compiled step is reused.
+    plain = lambda tree: jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), tree)
+    if fresh_opt:
+        return plain(restored.params), opt_state, counters, step, restored.data_state
+    return (plain(restored.params), plain(restored.opt_state), plain(restored.counters), step,
+            restored.data_state)
+
+
 def finetune(args: FinetuneArgs, *, data_args=None, log=print) -> dict:
     """Fine-tune ``args.model_path`` with LoRA; writes the adapter (+ tokenizer files and
     ``metrics.jsonl``) into ``args.out_dir``; returns a summary dict. ``data_args`` is the
@@ -276,12 +349,17 @@ def finetune(args: FinetuneArgs, *, data_args=None, log=print) -> dict:
     ocfg = OptimConfig(starting_lr=args.starting_lr, min_lr=args.min_lr, warmup_steps=args.warmup_steps,
                        warmup_ratio=args.warmup_ratio, total_updates=total, weight_decay=args.weight_decay,
                        grad_clip=args.grad_clip, disable_lr_schedule=args.disable_lr_schedule)
-    tx, schedule = make_adapter_optimizer(ocfg, lora)
+    tx, _ = make_adapter_optimizer(ocfg, lora)
     opt_state = tx.init(lora)
     lc = dataclasses.replace(args.loss, chunk_size=max(0, args.chunk_size))
-    step_fn = FinetuneStep(graphdef, rest, cfg, lc, spec, tx, schedule,
-                           StepOptions(compute_dtype=args.compute_dtype))
+    step_fn = FinetuneStep(graphdef, rest, cfg, lc, spec, ocfg, StepOptions(compute_dtype=args.compute_dtype))
     counters = zero_counters()
+    identity = _base_identity(model_path, base)
+    start = 0
+    if args.resume_from_ckpt:
+        lora, opt_state, counters, start, data_state = _resume(args, identity, spec, lora, opt_state, counters,
+                                                               log=log)
+        _skip_to(source, data_state, start * acc)
 
     n_base = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(base))
     n_train = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(lora))
@@ -292,22 +370,29 @@ def finetune(args: FinetuneArgs, *, data_args=None, log=print) -> dict:
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    identity = _base_identity(model_path, base)
+    ckpts = None
+    if args.save_every:
+        from hierarchos_jax.train.checkpoint import Checkpoints
+
+        ckpts = Checkpoints(out / "checkpoints", max_to_keep=args.keep_checkpoints)
     warm0 = float(max(cfg.memory_gate_warmup_steps, 0))
     history: list[dict] = []
     bar = None
     if args.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc="finetune", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=total, initial=start, desc="finetune", file=sys.stderr, dynamic_ncols=True)
 
     def save(step: int) -> None:
         lora_lib.save_adapter(out, jax.device_get(lora), spec, base=identity,
                               extra={"step": step, "total_steps": total, "training_mode": "train",
                                      "h_stride": int(cfg.h_stride)})
 
-    with open(out / "metrics.jsonl", "w") as mf:
-        for u in range(total):
+    metrics_path = out / "metrics.jsonl"
+    kept = _metrics_up_to(metrics_path, start) if start else []
+    with open(metrics_path, "w") as mf:
+        mf.writelines(kept)
+        for u in range(start, total):
             batch = _window(source, acc, cfg=cfg, chunk=chunk, warm0=warm0 + u * acc)
             t0 = time.perf_counter()
             lora, opt_state, counters, m = step_fn(base, lora, opt_state, counters, batch,
@@ -324,10 +409,16 @@ def finetune(args: FinetuneArgs, *, data_args=None, log=print) -> dict:
             if bar is not None:
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}", lr=f"{rec['lr']:.2e}")
                 bar.update(1)
-            if args.save_every and (u + 1) % args.save_every == 0 and u + 1 < total:
+            if args.save_every and (u + 1) % args.save_every == 0:
                 save(u + 1)
+                ckpts.save(u + 1, lora, opt_state, counters, rng=jax.random.key_data(drop_key),
+                           data_state=_data_state(source, (u + 1) * acc),
+                           extra={"kind": CHECKPOINT_KIND, "base": identity, "rank": spec.rank,
+                                  "alpha": spec.alpha, "total_steps": total})
     if bar is not None:
         bar.close()
+    if ckpts is not None:
+        ckpts.close()
     save(total)
     if tok_dir is not None:
         from hierarchos_jax.io.model_dir import TOKENIZER_FILES
@@ -335,6 +426,8 @@ def finetune(args: FinetuneArgs, *, data_args=None, log=print) -> dict:
         for name in TOKENIZER_FILES:
             if (tok_dir / name).is_file():
                 shutil.copy2(tok_dir / name, out / name)
+    if not history:
+        history = [json.loads(x) for x in kept] or [{"loss": float("nan")}]
     k = max(1, min(10, len(history) // 5))
     finite = lambda xs: [x for x in xs if math.isfinite(x)] or [float("nan")]
     loss_start = float(np.mean(finite([h["loss"] for h in history[:k]])))
