@@ -15,7 +15,9 @@ def register(subparsers) -> None:
             "generated on the fly from the seed, with a character tokenizer made from it. Shows "
             "a progress bar, writes OUT_DIR/metrics.jsonl, reports the loss and the greedy "
             "accuracy on held-out problems before and after, saves an inference directory in "
-            "OUT_DIR/model and prints greedy samples."
+            "OUT_DIR/model and prints greedy samples. Checkpoints go to OUT_DIR/checkpoints (at the end and "
+            "every --save-every steps); running it again with the same OUT_DIR resumes from the newest one "
+            "(use another --out-dir for a fresh run)."
         ),
     )
     p.add_argument("--out-dir", default="hierarchos_quickstart", metavar="DIR",
@@ -29,6 +31,8 @@ def register(subparsers) -> None:
                    help="largest operand length (default %(default)s)")
     p.add_argument("--eval-every", type=int, default=500, metavar="N",
                    help="held-out accuracy every N steps; 0 = only before/after (default %(default)s)")
+    p.add_argument("--save-every", type=int, default=0, metavar="N",
+                   help="also checkpoint every N steps (default: only at the end)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -37,6 +41,6 @@ def run(args) -> int:
     loop = load("hierarchos_jax.train.loop", "quickstart")
     targs = loop.TrainArgs(out_dir=args.out_dir, preset=args.preset, steps=args.steps, seed=args.seed,
                            batch_size=args.batch_size, starting_lr=args.starting_lr, max_digits=args.max_digits,
-                           eval_every=args.eval_every, progress=not args.no_progress)
+                           eval_every=args.eval_every, save_every=args.save_every, progress=not args.no_progress)
     loop.train_synthetic(targs)
     return 0

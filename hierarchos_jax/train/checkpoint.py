@@ -213,6 +213,9 @@ class Checkpoints:
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "step": step,
                 "data_state": _jsonable(data_state), "extra": _jsonable(extra or {})}
         state = {"counters": counters, "rng": rng, "buffers": buffers if buffers is not None else {}}
+        # Private copies: the caller donates params/opt_state to its next step, and on CPU the
+        # arrays Orbax writes in the background may alias those (reused) device buffers.
+        params, opt_state, state = jax.tree.map(lambda x: jax.numpy.array(x, copy=True), (params, opt_state, state))
         self.wait()
         with self._lock:
             self._pending = step
