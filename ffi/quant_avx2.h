@@ -132,6 +132,57 @@ HQ_AVX2 float DotRow(const float* a, const uint8_t* row, int64_t k) {
   return HorizontalSum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
 }
 
+// --- INT4 / Q4_0 decode dot on rearranged activations ----------------------------
+//
+// Byte i of a block holds elements 2i (low nibble) and 2i+1 (high). With the activations
+// of each 32-block rearranged as [even elements of bytes 0..7, odd of bytes 0..7, even of
+// bytes 8..15, odd of bytes 8..15], the nibbles need no shuffling: zero-extend 8 bytes to
+// int32, mask / shift. Codes are (n ^ flip) - 8, so sum(a*code) = sum(a*(n ^ flip)) -
+// 8*sum(a): the per-block activation sums are computed once per row.
+inline void RearrangeForNibbles(const float* a, int64_t k, float* out, float* block_sums) {
+  for (int64_t b = 0; b < k / 32; ++b) {
+    const float* ab = a + 32 * b;
+    float* ob = out + 32 * b;
+    float sum = 0.0f;
+    for (int half = 0; half < 2; ++half) {
+      for (int i = 0; i < 8; ++i) {
+        ob[16 * half + i] = ab[16 * half + 2 * i];
+        ob[16 * half + 8 + i] = ab[16 * half + 2 * i + 1];
+      }
+    }
+    for (int j = 0; j < 32; ++j) sum += ab[j];
+    block_sums[b] = sum;
+  }
+}
+
+template <int QT>
+HQ_AVX2 float DotRowNibbles(const float* ar, const float* block_sums, const uint8_t* row, int64_t k) {
+  static_assert(QT == kInt4 || QT == kQ4_0, "nibble formats only");
+  const __m256i mask = _mm256_set1_epi32(0xF);
+  const __m256i flip = _mm256_set1_epi32(8);
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  float corr = 0.0f;
+  for (int64_t b = 0; b < k / 32; ++b) {
+    const uint8_t* blk = row + 20 * b;
+    const float d = LoadF32(blk);
+    const __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 4)));
+    const __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 12)));
+    __m256i n[4] = {_mm256_and_si256(v0, mask), _mm256_srli_epi32(v0, 4), _mm256_and_si256(v1, mask),
+                    _mm256_srli_epi32(v1, 4)};
+    if constexpr (QT == kInt4) {
+      for (int i = 0; i < 4; ++i) n[i] = _mm256_xor_si256(n[i], flip);
+    }
+    const float* ab = ar + 32 * b;
+    __m256 s = _mm256_mul_ps(_mm256_loadu_ps(ab), _mm256_cvtepi32_ps(n[0]));
+    s = _mm256_fmadd_ps(_mm256_loadu_ps(ab + 8), _mm256_cvtepi32_ps(n[1]), s);
+    s = _mm256_fmadd_ps(_mm256_loadu_ps(ab + 16), _mm256_cvtepi32_ps(n[2]), s);
+    s = _mm256_fmadd_ps(_mm256_loadu_ps(ab + 24), _mm256_cvtepi32_ps(n[3]), s);
+    acc[b & 1] = _mm256_fmadd_ps(s, _mm256_set1_ps(d), acc[b & 1]);
+    corr += d * block_sums[b];
+  }
+  return HorizontalSum(_mm256_add_ps(acc[0], acc[1])) - 8.0f * corr;
+}
+
 template <int QT>
 HQ_AVX2 void DequantizeRow(const uint8_t* row, int64_t k, float* out) {
   constexpr int bw = BlockWeights(QT), bb = BlockBytes(QT), nv = bw / 8;

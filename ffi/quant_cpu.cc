@@ -49,12 +49,14 @@ using DotRowFn = float (*)(const float*, const uint8_t*, int64_t);
 using DequantRowFn = void (*)(const uint8_t*, int64_t, float*);
 using DotF32Fn = float (*)(const float*, const float*, int64_t);
 using DotF32x4Fn = void (*)(const float*, const float*, int64_t, float*);
+using DotNibblesFn = float (*)(const float*, const float*, const uint8_t*, int64_t);
 
 struct Kernels {
   DotRowFn dot_row;
   DequantRowFn dequant_row;
   DotF32Fn dot_f32;
   DotF32x4Fn dot_f32x4;
+  DotNibblesFn dot_nibbles = nullptr;  // INT4/Q4_0 AVX2 decode path (rearranged activations)
 };
 
 template <int QT>
@@ -66,6 +68,10 @@ template <int QT>
 Kernels KernelsFor(bool scalar) {
 #ifdef HIERARCHOS_QUANT_HAVE_AVX2_PATH
   if (!scalar && CpuHasAvx2()) {
+    if constexpr (QT == hq::kInt4 || QT == hq::kQ4_0) {
+      return {&hq::avx2::DotRow<QT>, &hq::avx2::DequantizeRow<QT>, &hq::avx2::DotF32, &hq::avx2::DotF32x4,
+              &hq::avx2::DotRowNibbles<QT>};
+    }
     return {&hq::avx2::DotRow<QT>, &hq::avx2::DequantizeRow<QT>, &hq::avx2::DotF32, &hq::avx2::DotF32x4};
   }
 #endif
@@ -90,6 +96,16 @@ constexpr int64_t kMinWeightsPerTask = 1 << 15;
 
 void MatmulRows(const Kernels& kern, const float* a, int64_t m, int64_t k, const uint8_t* w, int64_t bpr,
                 int64_t n, float* y, int64_t n0, int64_t n1) {
+#ifdef HIERARCHOS_QUANT_HAVE_AVX2_PATH
+  if (m <= kFusedMaxRows && kern.dot_nibbles != nullptr) {
+    std::vector<float> ar(static_cast<size_t>(m * k)), sums(static_cast<size_t>(m * (k / 32)));
+    for (int64_t i = 0; i < m; ++i) hq::avx2::RearrangeForNibbles(a + i * k, k, &ar[i * k], &sums[i * (k / 32)]);
+    for (int64_t j = n0; j < n1; ++j) {
+      for (int64_t i = 0; i < m; ++i) y[i * n + j] = kern.dot_nibbles(&ar[i * k], &sums[i * (k / 32)], w + j * bpr, k);
+    }
+    return;
+  }
+#endif
   if (m <= kFusedMaxRows) {
     for (int64_t j = n0; j < n1; ++j) {
       for (int64_t i = 0; i < m; ++i) y[i * n + j] = kern.dot_row(a + i * k, w + j * bpr, k);
