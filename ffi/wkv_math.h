@@ -8,8 +8,11 @@
 //   s_i   = sum_j S_ij a_j                          in-context read (old state)
 //   S'_ij = S_ij d_j + s_i b_j + v_i k_j            new state (unclamped)
 //   y_i   = sum_j S'_ij r_j                         readout of the new state
-// The model passes a = -kk and b = kk * a_gate, and clips the packed state to
-// +-50 afterwards (outside the kernel, so the readout sees the unclamped S').
+// The model passes a = -kk and b = kk * a_gate. The state lives in the cell's
+// packed layout: row i of a head is [slot0, slot1, slot2, S_i0 .. S_i(N-1)]
+// (stride N + 3); the kernel reads S from columns 3.., writes clip(S', +-m) there
+// (the readout uses the unclamped S') and copies the three slots unchanged (the
+// cell overwrites them afterwards with its new token-shift values).
 //
 // Backward, given the cotangents gy (of y) and gS' (of S'):
 //   G_ij  = gS'_ij + gy_i r_j                       total cotangent of S'_ij
@@ -18,6 +21,8 @@
 //   gr_j  = sum_i S'_ij gy_i      gv_i = sum_j G_ij k_j
 //   gk_j  = sum_i G_ij v_i        gb_j = sum_i G_ij s_i
 //   ga_j  = sum_i gs_i S_ij       gw_j = (sum_i G_ij S_ij) * dd_j/dw_j
+// where gS' is the cotangent of the clipped state times the clip's derivative
+// (clip_grad below). The cotangent of the packed slots 0..2 is 0 (not read).
 //
 // Never build with fast-math flags: the clip must see NaN/Inf as IEEE values.
 #ifndef HIERARCHOS_FFI_WKV_MATH_H_
@@ -44,15 +49,30 @@ HOST_DEVICE inline float clip_w(float w) {
   return (c > kDecayClipHi) ? kDecayClipHi : c;
 }
 
+// d(clip(x, lo, hi))/dx as jax computes it for jnp.clip (max then min): 1 inside,
+// 1/2 exactly on a bound, 0 outside and for NaN.
+HOST_DEVICE inline float clip_grad(float x, float lo, float hi) {
+  if (x > lo && x < hi) return 1.0f;
+  return (x == lo || x == hi) ? 0.5f : 0.0f;
+}
+
+// clip(x, -m, m) as jnp.clip: NaN stays NaN.
+HOST_DEVICE inline float clip_state(float x, float m) {
+  float c = (x < -m) ? -m : x;
+  return (c > m) ? m : c;
+}
+
 // d = exp(-exp(clip(w))).
 HOST_DEVICE inline float decay(float w) { return WKV_EXPF(-WKV_EXPF(clip_w(w))); }
 
-// dd/dw at w, given d = decay(w): -d * exp(w) inside the clip range, 0 outside
-// (w exactly on a bound counts as inside, as for jnp.clip's min/max pair).
+// dd/dw at w, given d = decay(w): -d * exp(clip(w)) * clip'(w).
 HOST_DEVICE inline float decay_grad(float w, float d) {
-  if (w < kDecayClipLo || w > kDecayClipHi) return 0.0f;
-  return -d * WKV_EXPF(w);
+  const float c = clip_grad(w, kDecayClipLo, kDecayClipHi);
+  return c == 0.0f ? 0.0f : -d * WKV_EXPF(clip_w(w)) * c;
 }
+
+// Packed row stride: three slots, then the N state columns.
+constexpr int kSlots = 3;
 
 // S'_ij = S_ij d_j + s_i b_j + v_i k_j, evaluated left to right as in the oracle.
 HOST_DEVICE inline float update(float s_ij, float d_j, float s_i, float b_j, float v_i,
@@ -82,54 +102,64 @@ HOST_DEVICE inline float dot(int n, const float* x, const float* y) {
   return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
 }
 
-// Forward of one head, serially (the CPU target; a reference for the device).
-// `d` is scratch of n floats. S and S_out are [n, n] row-major and may not alias.
-HOST_DEVICE inline void forward_head(int n, const float* S, const float* r, const float* w,
+// Forward of one head, serially (the CPU target). `d` and `t` are scratch of n
+// floats each. P and P_out are packed [n, n + 3] and may be the same buffer
+// (each row is read completely before it is written).
+HOST_DEVICE inline void forward_head(int n, const float* P, const float* r, const float* w,
                                      const float* k, const float* v, const float* a,
-                                     const float* b, float* d, float* S_out, float* y) {
+                                     const float* b, float m, float* d, float* t,
+                                     float* P_out, float* y) {
+  const long long stride = n + kSlots;
   for (int j = 0; j < n; ++j) d[j] = decay(w[j]);
   for (int i = 0; i < n; ++i) {
-    const float* row = S + static_cast<long long>(i) * n;
-    float* out = S_out + static_cast<long long>(i) * n;
+    const float* slots = P + i * stride;
+    const float* row = slots + kSlots;
     const float s_i = dot(n, row, a);
     const float v_i = v[i];
-    for (int j = 0; j < n; ++j) out[j] = update(row[j], d[j], s_i, b[j], v_i, k[j]);
-    y[i] = dot(n, out, r);
+    // The new row goes through `t` so that this loop vectorises even when P_out == P.
+    for (int j = 0; j < n; ++j) t[j] = update(row[j], d[j], s_i, b[j], v_i, k[j]);
+    y[i] = dot(n, t, r);
+    float* out = P_out + i * stride;
+    for (int c = 0; c < kSlots; ++c) out[c] = slots[c];
+    for (int j = 0; j < n; ++j) out[kSlots + j] = clip_state(t[j], m);
   }
 }
 
 // Backward of one head, serially. `d` and `t` are scratch of n floats each.
-// Writes every output (gS is [n, n]; the rest are [n]).
-HOST_DEVICE inline void backward_head(int n, const float* S, const float* r, const float* w,
+// gP is packed [n, n + 3] (slots get gP_out's) and may be the same buffer as gP_out
+// (each row of gP_out is read completely before that row of gP is written).
+HOST_DEVICE inline void backward_head(int n, const float* P, const float* r, const float* w,
                                       const float* k, const float* v, const float* a,
-                                      const float* b, const float* gy, const float* gS_out,
-                                      float* d, float* t, float* gS, float* gr, float* gw,
-                                      float* gk, float* gv, float* ga, float* gb) {
+                                      const float* b, const float* gy, const float* gP_out,
+                                      float m, float* d, float* t, float* gP, float* gr,
+                                      float* gw, float* gk, float* gv, float* ga, float* gb) {
+  const long long stride = n + kSlots;
   for (int j = 0; j < n; ++j) {
     d[j] = decay(w[j]);
     gr[j] = gw[j] = gk[j] = ga[j] = gb[j] = 0.0f;
   }
   for (int i = 0; i < n; ++i) {
-    const long long off = static_cast<long long>(i) * n;
-    const float* row = S + off;
-    const float* g_out = gS_out + off;
+    const float* row = P + i * stride + kSlots;
+    const float* g_out = gP_out + i * stride + kSlots;
     const float s_i = dot(n, row, a);
     const float v_i = v[i];
     const float gy_i = gy[i];
-    float* g_row = gS + off;
     // t_j = G_ij for this row; column sums accumulate over i in order.
     for (int j = 0; j < n; ++j) {
-      const float g = total_grad(g_out[j], gy_i, r[j]);
+      const float s_new = update(row[j], d[j], s_i, b[j], v_i, k[j]);
+      const float g = total_grad(g_out[j] * clip_grad(s_new, -m, m), gy_i, r[j]);
       t[j] = g;
-      gr[j] += update(row[j], d[j], s_i, b[j], v_i, k[j]) * gy_i;
+      gr[j] += s_new * gy_i;
       gw[j] += g * row[j];  // sum_i G_ij S_ij, times dd/dw below
       gb[j] += g * s_i;
       gk[j] += g * v_i;
     }
     const float gs_i = dot(n, t, b);
     gv[i] = dot(n, t, k);
+    float* g_row = gP + i * stride;
+    for (int c = 0; c < kSlots; ++c) g_row[c] = gP_out[i * stride + c];
     for (int j = 0; j < n; ++j) {
-      g_row[j] = state_grad(t[j], d[j], gs_i, a[j]);
+      g_row[kSlots + j] = state_grad(t[j], d[j], gs_i, a[j]);
       ga[j] += gs_i * row[j];
     }
   }

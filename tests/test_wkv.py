@@ -11,13 +11,14 @@ from flax import nnx
 from hierarchos_jax.kernels import wkv as K
 from hierarchos_jax.model.rwkv import RWKVCell
 
-ARGNAMES = ("S", "r", "w", "k", "v", "a", "b")
+ARGNAMES = ("P", "r", "w", "k", "v", "a", "b")
+CLIP = 1.5  # clips a share of the new state's entries (|S'| ~ 1-4 here)
 
 
 def make_inputs(seed: int, lead: tuple[int, ...], n: int):
-    """A state and the six vectors, scaled like the cell's (|a|, |b| <= ~1, w around 0)."""
+    """A packed state [..., N, 3 + N] and the six vectors, scaled like the cell's."""
     rng = np.random.default_rng(seed)
-    S = rng.standard_normal((*lead, n, n)).astype(np.float32)
+    S = rng.standard_normal((*lead, n, K.SLOTS + n)).astype(np.float32)
     vec = lambda s: (rng.standard_normal((*lead, n)) * s).astype(np.float32)
     kk = vec(1.0)
     kk /= np.linalg.norm(kk, axis=-1, keepdims=True)
@@ -25,14 +26,22 @@ def make_inputs(seed: int, lead: tuple[int, ...], n: int):
     return S, vec(1.0), vec(2.0), vec(1.0), vec(1.0), -kk, (kk * gate).astype(np.float32)
 
 
-def loss_of(fn):
+def loss_of(fn, clip=CLIP):
     """A scalar that weights every output element differently (non-trivial cotangents)."""
 
     def loss(*args):
-        y, S = fn(*args)
-        return jnp.sum(jnp.sin(y) * y) + 0.1 * jnp.sum(S * S * jnp.cos(S))
+        y, P = fn(*args, clip)
+        return jnp.sum(jnp.sin(y) * y) + 0.1 * jnp.sum(P * P * jnp.cos(P))
 
     return loss
+
+
+def oracle(*args):
+    return K.wkv_packed_reference(*args)
+
+
+def kernel(*args):
+    return K.wkv_packed_ffi(*args)
 
 
 def assert_close(got, want, rel=2e-6, what=""):
@@ -48,42 +57,51 @@ def cpu_targets():
     assert K.ffi_available("cpu"), "hierarchos_jax._wkv must be built (pip install -e .)"
 
 
-SHAPES = [((1, 1), 8), ((3, 2), 16), ((1, 2), 64), ((3, 1), 64), ((2,), 16)]
+SHAPES = [((1, 1), 8, CLIP), ((3, 2), 16, CLIP), ((1, 2), 64, np.inf), ((3, 1), 64, CLIP), ((2,), 16, 50.0)]
 
 
-@pytest.mark.parametrize("lead,n", SHAPES)
-def test_forward_matches_oracle(lead, n):
+@pytest.mark.parametrize("lead,n,clip", SHAPES)
+def test_forward_matches_oracle(lead, n, clip):
     args = make_inputs(1, lead, n)
     with jax.default_matmul_precision("highest"):
-        want_y, want_S = K.wkv_reference(*args)
-        got_y, got_S = jax.jit(K.wkv_ffi)(*args)
+        want_y, want_P = oracle(*args, clip)
+        got_y, got_P = jax.jit(kernel, static_argnums=7)(*args, clip)
     assert_close(got_y, want_y)
-    assert_close(got_S, want_S)
+    assert_close(got_P, want_P)
+    np.testing.assert_array_equal(np.asarray(got_P)[..., :3], args[0][..., :3])  # slots copied
+    if np.isfinite(clip):
+        assert np.abs(np.asarray(got_P)[..., 3:]).max() == min(clip, np.abs(np.asarray(want_P)[..., 3:]).max())
 
 
-@pytest.mark.parametrize("lead,n", SHAPES)
-def test_gradients_match_oracle_autodiff(lead, n):
+@pytest.mark.parametrize("lead,n,clip", SHAPES)
+def test_gradients_match_oracle_autodiff(lead, n, clip):
     args = make_inputs(2, lead, n)
     argnums = tuple(range(7))
     with jax.default_matmul_precision("highest"):
-        want = jax.grad(loss_of(K.wkv_reference), argnums)(*args)
-        got = jax.jit(jax.grad(loss_of(K.wkv_ffi), argnums))(*args)
+        want = jax.grad(loss_of(oracle, clip), argnums)(*args)
+        got = jax.jit(jax.grad(loss_of(kernel, clip), argnums))(*args)
     for name, g, w in zip(ARGNAMES, got, want):
         assert np.abs(np.asarray(w)).max() > 0, name
         assert_close(g, w, rel=5e-6, what=name)
 
 
-def test_decay_clip_and_extremes():
-    """w beyond the [-60, 30] clip: same values, zero decay gradient there, like jnp.clip."""
-    S, r, w, k, v, a, b = make_inputs(3, (2, 2), 16)
+def test_clip_bounds_and_extremes():
+    """w beyond and on the [-60, 30] clip, and S' on the state clip: jnp.clip's values and
+    gradients (0 outside, 1/2 exactly on a bound)."""
+    P, r, w, k, v, a, b = make_inputs(3, (2, 2), 16)
     w = w.copy()
-    w[0, 0, :4] = [-80.0, 45.0, -61.0, 31.0]
+    w[0, 0, :6] = [-80.0, 45.0, -61.0, 31.0, -60.0, 30.0]
     w[1, 1, :2] = [3.0, 4.0]  # decay ~ exp(-e^4): strong forgetting
-    args = (S, r, w, k, v, a, b)
+    # Row 0 of head (0, 1): S' = 0 * d + s * 0 + v_0 * k_j = 0.75 * k_j, with k_0 = 2: exactly CLIP.
+    P[0, 1, 0, 3:] = 0.0
+    v[0, 1, 0], k[0, 1, 0], k[0, 1, 1] = 0.75, 2.0, -2.0
+    args = (P, r, w, k, v, a, b)
     with jax.default_matmul_precision("highest"):
-        want = jax.grad(loss_of(K.wkv_reference), (0, 2))(*args)
-        got = jax.jit(jax.grad(loss_of(K.wkv_ffi), (0, 2)))(*args)
-        assert_close(K.wkv_ffi(*args)[1], K.wkv_reference(*args)[1])
+        want = jax.grad(loss_of(oracle), (0, 2, 3))(*args)
+        got = jax.jit(jax.grad(loss_of(kernel), (0, 2, 3)))(*args)
+        _, P_new = jax.jit(kernel, static_argnums=7)(*args, CLIP)
+        assert_close(P_new, oracle(*args, CLIP)[1])
+    assert P_new[0, 1, 0, 3] == CLIP and P_new[0, 1, 0, 4] == -CLIP
     assert np.all(np.asarray(got[1])[0, 0, :4] == 0.0)
     for g, w_ in zip(got, want):
         assert_close(g, w_, rel=5e-6)
@@ -93,34 +111,39 @@ def test_vmap_values_and_gradients():
     """vmap (nested, and over the gradient) folds the mapped axes into the kernel's rows."""
     args = make_inputs(4, (2, 3, 2), 16)  # vmap axes 2 x 3 over [H=2, N=16]
     with jax.default_matmul_precision("highest"):
-        want = K.wkv_reference(*args)
-        got = jax.jit(jax.vmap(jax.vmap(K.wkv_ffi)))(*args)
+        want = oracle(*args, CLIP)
+        mapped = jax.vmap(jax.vmap(kernel, in_axes=(0,) * 7 + (None,)), in_axes=(0,) * 7 + (None,))
+        got = jax.jit(mapped, static_argnums=7)(*args, CLIP)
         for g, w in zip(got, want):
             assert_close(g, w)
         grad = lambda f: jax.grad(loss_of(f), (0, 1, 5))
-        want_g = jax.vmap(grad(K.wkv_reference))(*args)
-        got_g = jax.jit(jax.vmap(grad(K.wkv_ffi)))(*args)
+        want_g = jax.vmap(grad(oracle))(*args)
+        got_g = jax.jit(jax.vmap(grad(kernel)))(*args)
     for g, w in zip(got_g, want_g):
         assert_close(g, w, rel=5e-6)
 
 
 def test_vmap_with_unmapped_operands():
     """in_axes=None operands are broadcast (the kernel needs every operand batched alike)."""
-    S, r, w, k, v, a, b = make_inputs(5, (4, 2), 8)
+    P, r, w, k, v, a, b = make_inputs(5, (4, 2), 8)
     with jax.default_matmul_precision("highest"):
-        f = lambda fn: jax.vmap(fn, in_axes=(0, 0, None, 0, 0, None, 0))
-        want = f(K.wkv_reference)(S, r, w[0], k, v, a[0], b)
-        got = jax.jit(f(K.wkv_ffi))(S, r, w[0], k, v, a[0], b)
+        f = lambda fn: jax.vmap(lambda *t: fn(*t, CLIP), in_axes=(0, 0, None, 0, 0, None, 0))
+        want = f(oracle)(P, r, w[0], k, v, a[0], b)
+        got = jax.jit(f(kernel))(P, r, w[0], k, v, a[0], b)
     for g, w_ in zip(got, want):
         assert_close(g, w_)
 
 
 def test_bad_shapes_raise_one_clear_error():
-    S = jnp.zeros((2, 8, 8), jnp.float32)
+    P = jnp.zeros((2, 8, 11), jnp.float32)
     bad = jnp.zeros((2, 4), jnp.float32)
     good = jnp.zeros((2, 8), jnp.float32)
-    with pytest.raises(Exception, match="hierarchos_wkv_fwd_f32"):
-        jax.block_until_ready(K._ffi_forward(S, bad, good, good, good, good, good))
+    with pytest.raises(Exception, match="hierarchos_wkv_fwd_f32: vector operand #0 must be"):
+        jax.block_until_ready(K._ffi_forward(P, bad, good, good, good, good, good, 1.0))
+    with pytest.raises(Exception, match="packed state must be"):
+        jax.block_until_ready(K._ffi_forward(P[..., :10], good, good, good, good, good, good, 1.0))
+    with pytest.raises(ValueError, match=r"packed WKV state must be \[..., N, N \+ 3\]"):
+        K.wkv_step(jnp.zeros((2, 8, 8)), good, good, good, good, good, good)
 
 
 def test_resolve_impl(monkeypatch):
@@ -182,13 +205,13 @@ def test_cuda_matches_oracle(lead, n):
     cpu, gpu = jax.devices("cpu")[0], _gpu_devices()[0]
     with jax.default_matmul_precision("highest"):
         with jax.default_device(cpu):
-            want = K.wkv_reference(*args)
-            want_g = jax.grad(loss_of(K.wkv_reference), argnums)(*args)
+            want = oracle(*args, CLIP)
+            want_g = jax.grad(loss_of(oracle), argnums)(*args)
         with jax.default_device(gpu):
             assert K.resolve_impl(platform="gpu") == "ffi"
-            got = jax.jit(K.wkv_ffi)(*args)
-            got_g = jax.jit(jax.grad(loss_of(K.wkv_ffi), argnums))(*args)
-            got_v = jax.jit(jax.vmap(K.wkv_ffi))(*args)
+            got = jax.jit(kernel, static_argnums=7)(*args, CLIP)
+            got_g = jax.jit(jax.grad(loss_of(kernel), argnums))(*args)
+            got_v = jax.jit(jax.vmap(lambda *t: kernel(*t, CLIP)))(*args)
     for g, w in zip((*got, *got_v), (*want, *want)):
         assert_close(g, w)
     for g, w in zip(got_g, want_g):

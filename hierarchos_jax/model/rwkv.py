@@ -26,6 +26,9 @@ from hierarchos_jax.model import init as I
 from hierarchos_jax.model.numerics import group_norm, layer_norm, softplus
 
 STATE_CLIP = 50.0  # the cell's own constant clip of its new state (not configurable)
+# The WKV part of the step (decay, a/b update, k v^T write, readout, clip of the matrix
+# state) is hierarchos_jax.kernels.wkv.wkv_step: a fused XLA FFI kernel or its pure-JAX
+# oracle, chosen by HIERARCHOS_WKV=jax|ffi|auto.
 
 
 def init_state(batch: int, width: int, head_size: int, dtype=jnp.float32) -> jax.Array:
@@ -123,7 +126,6 @@ class RWKVCell(nnx.Module):
         state = state.astype(jnp.float32)
         prev_tm = state[:, :, 0].astype(x.dtype)
         prev_cm = state[:, :, 1].astype(x.dtype)
-        S = state[:, :, 3:].reshape(B, H, N, N)
 
         # --- time mix -------------------------------------------------------------
         xn = layer_norm(x, self.ln1_scale[...], self.ln1_bias[...])
@@ -142,7 +144,12 @@ class RWKVCell(nnx.Module):
         k = k * (1.0 + (a - 1.0) * self.k_a[...])
 
         f32 = lambda t: t.astype(jnp.float32).reshape(B, H, N)  # noqa: E731
-        y, S = wkv_step(S, f32(r), f32(w), f32(k), f32(v), f32(-kk), f32(kk * a))
+        # The fused WKV step reads the matrix part of the packed state and writes the
+        # clipped new one in place (slots 0..2 are set below, once known).
+        y, packed = wkv_step(
+            state.reshape(B, H, N, 3 + N), f32(r), f32(w), f32(k), f32(v), f32(-kk), f32(kk * a),
+            clip=STATE_CLIP,
+        )
         y = y.reshape(B, W).astype(x.dtype)
 
         y = group_norm(y, H, self.ln_x_scale[...], self.ln_x_bias[...], eps=64e-5)
@@ -168,7 +175,6 @@ class RWKVCell(nnx.Module):
                 ffn = jnp.clip(ffn, -bound, bound)
         out = x1 + self.value_cm(ffn)
 
-        new_state = jnp.concatenate(
-            [xn[:, :, None], xn2[:, :, None], v[:, :, None], S.reshape(B, W, N)], axis=-1
-        ).astype(jnp.float32)
-        return out, jnp.clip(new_state, -STATE_CLIP, STATE_CLIP)
+        slots = jnp.stack([xn, xn2, v], axis=-1).astype(jnp.float32)
+        new_state = packed.reshape(B, W, 3 + N).at[:, :, :3].set(jnp.clip(slots, -STATE_CLIP, STATE_CLIP))
+        return out, new_state
