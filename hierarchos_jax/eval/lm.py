@@ -89,10 +89,10 @@ class HierarchosLM(LM):
         self._eot = eot_id(tokenizer)
         pad = getattr(tokenizer, "pad_id", None)
         self._pad = self._eot if pad is None else int(pad)
-        self.prefill_chunk_size = prefill_chunk_size
+        self.prefill_chunk_size = None if prefill_chunk_size is None else int(prefill_chunk_size)
         self.show_progress = show_progress
         self.scorer = ContinuationScorer(model, self.config, batch_size=self._batch_size,
-                                         prefill_chunk_size=prefill_chunk_size, memory=memory)
+                                         prefill_chunk_size=self.prefill_chunk_size, memory=memory)
         self._engine = None
 
     # ------------------------------------------------------------------ properties
