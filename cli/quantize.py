@@ -19,7 +19,7 @@ def register(subparsers) -> None:
             "block format, keep norms, vectors, gates, routers, low-rank and LTM tensors in float32, "
             "and write OUT (config, quantized.safetensors, quantization.json manifest, tokenizer), "
             "atomically. 'hierarchos generate/chat --model-path OUT' run it directly. Q8_0 is close "
-            "to float; Q4_0/INT4 lose ~10%% weight precision; Q2_K is very lossy."
+            "to float; Q4_0/INT4 lose ~10% weight precision; Q2_K is very lossy."
         ),
     )
     p.add_argument("--model-path", "--model_path", dest="model_path", required=True, metavar="DIR",
