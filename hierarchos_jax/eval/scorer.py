@@ -14,6 +14,8 @@ Hebbian writes off, working memory read-only), but batched without coupling the 
   multiple-choice document) form a group: the context runs once (phase A, which also
   scores every choice's first token from the last context position), then each
   continuation runs from the group's carried state (phase B). Recurrence makes this exact.
+  Consecutive batches of one context (batch sizes below the number of choices) reuse its
+  phase-A result.
 * **Fixed shapes.** Rows are padded to the batch size (phase A: a power of two up to it),
   token buffers to a few bucket lengths; a ``while`` loop feeds one token per row per
   step and stops at the longest row, so padding costs memory, not time. A row past its
@@ -245,14 +247,15 @@ class ContinuationScorer:
             if min(min(ctx), min(cont)) < 0 or max(max(ctx), max(cont)) >= V:
                 raise ValueError(f"token ids must lie in [0, {V})")
         results: list[tuple[float, bool] | None] = [None] * len(pairs)
+        last_phase_a: dict = {}  # consecutive batches of one context (small batch sizes) run it once
         for batch in plan_batches(pairs, self.batch_size, cfg.h_stride):
-            for i, res in zip(batch, self._score_batch([pairs[i] for i in batch])):
+            for i, res in zip(batch, self._score_batch([pairs[i] for i in batch], last_phase_a)):
                 results[i] = res
             if progress is not None:
                 progress(len(batch))
         return results  # type: ignore[return-value]
 
-    def _score_batch(self, pairs) -> list[tuple[float, bool]]:
+    def _score_batch(self, pairs, last_phase_a: dict) -> list[tuple[float, bool]]:
         cfg = self.config
         use_rosa = cfg.use_rosa
         contexts: list[list[int]] = []
@@ -271,16 +274,20 @@ class ContinuationScorer:
         slots = [slot_of[tuple(int(t) for t in ctx)] for ctx, _ in pairs]
 
         # Phase A: every distinct context once (rows padded by repeating the first).
-        G = len(contexts)
-        RA = _rows_bucket(G, self.batch_size)
-        pad = lambda xs: xs + [xs[0]] * (RA - len(xs))
-        width = length_bucket(max(len(c) for c in contexts))
-        ids, rosa, _ = self._buffers(pad(contexts), pad(ctx_rosa) if use_rosa else None, width)
-        lengths = np.asarray([len(c) for c in pad(contexts)], np.int32)
-        states, logp_last, argmax_last, _, _ = self._call(
-            _fresh_rows(cfg, RA), ids, rosa, np.zeros_like(ids), lengths, np.zeros((RA,), np.int32), np.int32(0),
-            False)
-        logp_last, argmax_last = np.asarray(logp_last), np.asarray(argmax_last)
+        key = tuple(map(tuple, contexts))
+        if last_phase_a.get("key") == key:
+            states, logp_last, argmax_last = last_phase_a["value"]
+        else:
+            RA = _rows_bucket(len(contexts), self.batch_size)
+            pad = lambda xs: xs + [xs[0]] * (RA - len(xs))
+            width = length_bucket(max(len(c) for c in contexts))
+            ids, rosa, _ = self._buffers(pad(contexts), pad(ctx_rosa) if use_rosa else None, width)
+            lengths = np.asarray([len(c) for c in pad(contexts)], np.int32)
+            states, logp_last, argmax_last, _, _ = self._call(
+                _fresh_rows(cfg, RA), ids, rosa, np.zeros_like(ids), lengths, np.zeros((RA,), np.int32),
+                np.int32(0), False)
+            logp_last, argmax_last = np.asarray(logp_last), np.asarray(argmax_last)
+            last_phase_a.update(key=key, value=(states, logp_last, argmax_last))
         first = [(np.float32(logp_last[s, int(cont[0])]), int(argmax_last[s]) == int(cont[0]))
                  for s, (_, cont) in zip(slots, pairs)]
 
