@@ -39,19 +39,20 @@ def chat_argv(model_dir, *extra):
 def test_piped_conversation_with_every_bad_input_exits_cleanly(model_dir, env, tmp_path):
     script = "\n".join([
         "Hello", "", "   ", "/topp 0", "/temp -1", "/foo", "/tempx 0.5", "/topk abc", "/memory source=9",
-        "/filter time=abc", "/load_memory " + str(tmp_path / "missing.safetensors"), "/topp 0.5", "/temp 0",
-        "/status", "/settings", "Hi again",
+        "/filter time=abc", "/load_memory " + str(tmp_path / "missing.safetensors"), "/topp 0.5", "Hi again",
+        "/temp 0.7", "/status", "/settings",
     ]) + "\n"  # ends at EOF, no exit command
-    proc = subprocess.run(chat_argv(model_dir, "--max-new-tokens", "4"), input=script, capture_output=True,
-                          text=True, env=env, timeout=600)
+    # greedy, as the terminal test: both runs use one compiled program (shared through the cache)
+    proc = subprocess.run(chat_argv(model_dir, "--max-new-tokens", "4", "--temperature", "0"), input=script,
+                          capture_output=True, text=True, env=env, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "Traceback" not in out and ">>>" not in out
     for expected in ["(empty line: type a message, /help, or exit)", "usage: /topp X with 0 < X <= 1",
                      "usage: /temp X with X a number >= 0", "unknown command /foo", "unknown command /tempx",
                      "usage: /topk N", "unknown source '9'", "bad argument 'time=abc'",
-                     "could not load the memory", "top-p = 0.5", "temperature = 0", "turns 1,",
-                     "temperature 0, top-k 40, top-p 0.5"]:
+                     "could not load the memory", "top-p = 0.5", "temperature = 0.7", "turns 2,",
+                     "temperature 0.7, top-k 40, top-p 0.5"]:
         assert expected in out, expected
     assert out.count("(empty line") == 2
 
