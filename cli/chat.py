@@ -170,6 +170,10 @@ def repl(session, interactive: bool) -> int:
             print(line, file=out, flush=True)
 
     say(*session.banner())
+    try:
+        say(*session.diagnostic())  # also compiles the session's prefill before the first line
+    except Exception as e:  # noqa: BLE001  (a diagnostic only: one line, go on)
+        say(f"(start-up check failed: {type(e).__name__}: {e})")
     interrupts = _Interrupts()
     try:
         while True:

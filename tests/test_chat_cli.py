@@ -48,7 +48,8 @@ def test_piped_conversation_with_every_bad_input_exits_cleanly(model_dir, env, t
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "Traceback" not in out and ">>>" not in out
-    for expected in ["(empty line: type a message, /help, or exit)", "usage: /topp X with 0 < X <= 1",
+    for expected in ["Start-up check ('Hello'): next tokens",
+                     "(empty line: type a message, /help, or exit)", "usage: /topp X with 0 < X <= 1",
                      "usage: /temp X with X a number >= 0", "unknown command /foo", "unknown command /tempx",
                      "usage: /topk N", "unknown source '9'", "bad argument 'time=abc'",
                      "could not load the memory", "top-p = 0.5", "temperature = 0.7", "turns 2,",

@@ -169,6 +169,26 @@ class ChatSession:
             lines.append("Online LTM learning off.")
         return self.start_lines + lines + ["Type /help for commands, exit or Ctrl+D to quit."]
 
+    def diagnostic(self, text: str = "Hello") -> list[str]:
+        """Spec §2.8 (no side effects): the next-token distribution after the formatted
+        prompt for ``text`` from a fresh state — top 5 and the entropy, with a warning above
+        0.8 ln V. It runs the session's own compiled prefill, so it also warms it up."""
+        ids = self.tokenizer.encode(format_prompt(text, alpaca=self.alpaca, system=self.system))
+        memory, flt = self.bank.retrieval_view(self.filter)
+        res = self.engine.generate(ids, self.settings, StopConditions(max_new_tokens=0), memory=memory,
+                                   source_filter=flt, record_logits=True)
+        z = res.step_logits[0].astype(np.float64)
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        entropy = float(-np.sum(p * np.log(p + 1e-10)))
+        top = np.argsort(-p, kind="stable")[:5]
+        shown = ", ".join(f"{self.tokenizer.decode([int(t)])!r} {p[t]:.3f}" for t in top)
+        lines = [f"Start-up check ({text!r}): next tokens {shown}; entropy {entropy:.2f} nats"]
+        if entropy > 0.8 * math.log(len(p)):
+            lines.append(f"HIGH ENTROPY: above 0.8 ln V = {0.8 * math.log(len(p)):.2f}; the model may be "
+                         "untrained or the template wrong for it")
+        return lines
+
     # ---------------------------------------------------------------------- dispatch
 
     def handle(self, line: str) -> Reply:
