@@ -5,7 +5,8 @@ unsegmented gradient, bf16 compute, the LTM LR schedule and the option plumbing.
 Compilation dominates the runtime, so the model is small (no ROSA/DeepEmbed, 2 ponder
 steps, 1 worker step) and one direct (unsegmented, no-remat) loss function serves as the
 oracle of several tests: its probe gradient is the inner update's signal, its parameter
-gradient is the remat-off / unsegmented reference.
+gradient is the remat-off / unsegmented reference. The ponder weight is 0.5 (not 0.01) so
+that a wrong ponder aggregation would show in the losses compared.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def setup():
     pad_mask[:, L:] = 0
     pad_labels = np.where(pad_mask > 0, labels, -100)
     padded = make_batch(ids, pad_labels, pad_mask, V, chunk_size=L, use_rosa=False)
-    return dict(cfg=cfg, graphdef=graphdef, params=params, rest=rest, lc=LossConfig(chunk_size=L),
+    return dict(cfg=cfg, graphdef=graphdef, params=params, rest=rest, lc=LossConfig(chunk_size=L, ponder_loss_weight=0.5),
                 real=real, padded=padded)
 
 
