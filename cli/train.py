@@ -59,7 +59,7 @@ def _bool_value(s: str) -> bool:
 
 def _data_module():
     try:
-        import hierarchos_jax.data as data  # noqa: PLC0415
+        import hierarchos_jax.data as data
 
         return data
     except ImportError:

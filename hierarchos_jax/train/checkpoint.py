@@ -135,7 +135,8 @@ def _shape_mismatch(restored, target) -> str | None:
     ts = jax.tree_util.tree_structure(target)
     if rs != ts:
         return "the saved tree structure differs from this run's"
-    for (path, r), t in zip(jax.tree_util.tree_leaves_with_path(restored), jax.tree_util.tree_leaves(target)):
+    for (path, r), t in zip(jax.tree_util.tree_leaves_with_path(restored), jax.tree_util.tree_leaves(target),
+                            strict=True):
         if tuple(np.shape(r)) != tuple(t.shape) or np.dtype(r.dtype) != np.dtype(t.dtype):
             return (f"{jax.tree_util.keystr(path)} is {np.dtype(r.dtype)}{list(np.shape(r))} in the checkpoint, "
                     f"{np.dtype(t.dtype)}{list(t.shape)} in this run")
