@@ -2,7 +2,7 @@
 """Quantized kernels and models on this CPU.
 
     python benchmarks/bench_quant.py [--parts kernel,bandwidth,decode,accuracy]
-                                     [--qtypes Q8_0,Q4_0,INT4,Q2_K] [--repeats 5]
+                                     [--qtypes Q8_0,Q4_0,Q2_K,INT4,REF_Q8_0,REF_Q4_0,REF_Q2_K] [--repeats 5]
                                      [--new-tokens 16] [--accuracy-model DIR] [--json OUT]
 
 * **kernel**: ``Y = A . W^T`` through the FFI kernel (jitted ``hierarchos_jax.quant.ops.qmatmul``)
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-QTYPES = ("Q8_0", "Q4_0", "INT4", "Q2_K")
+QTYPES = ("Q8_0", "Q4_0", "Q2_K", "INT4", "REF_Q8_0", "REF_Q4_0", "REF_Q2_K")  # GGUF layouts first
 SHAPES = (("rwkv square", 448, 448), ("key_cm", 448, 1792), ("value_cm", 1792, 448), ("tied head", 448, 50257))
 TINY = HERE.parent.parent / "shared" / "fixtures" / "reference" / "tiny" / "model"
 

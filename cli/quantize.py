@@ -6,20 +6,22 @@ from pathlib import Path
 
 from ._common import CLIError, load
 
-QTYPES = ("Q8_0", "Q4_0", "INT4", "Q2_K")
+QTYPES = ("Q8_0", "Q4_0", "Q2_K", "INT4", "REF_Q8_0", "REF_Q4_0", "REF_Q2_K")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "quantize",
-        help="quantize a model's large matrices and lookup tables (Q8_0, Q4_0, INT4, Q2_K)",
+        help="quantize a model's large matrices and lookup tables (GGUF Q8_0, Q4_0, Q2_K; INT4, REF_*)",
         description=(
             "Load a model directory (ours or the reference's), quantize the RWKV and projection "
             "matrices and the embedding tables (the tied LM head is stored once) in the chosen "
-            "block format, keep norms, vectors, gates, routers, low-rank and LTM tensors in float32, "
+            "block format (Q8_0, Q4_0, Q2_K: GGUF/llama.cpp block layouts; INT4, REF_Q8_0, REF_Q4_0, "
+            "REF_Q2_K: the reference kernel's own layouts), keep norms, vectors, gates, routers, "
+            "low-rank and LTM tensors in float32, "
             "and write OUT (config, quantized.safetensors, quantization.json manifest, tokenizer), "
             "atomically. 'hierarchos generate/chat --model-path OUT' run it directly. Q8_0 is close "
-            "to float; Q4_0/INT4 lose ~10% weight precision; Q2_K is very lossy."
+            "to float; Q4_0/INT4 lose ~10% weight precision; Q2_K is very lossy (~30%, REF_Q2_K ~45%)."
         ),
     )
     p.add_argument("--model-path", "--model_path", dest="model_path", required=True, metavar="DIR",

@@ -24,16 +24,53 @@ namespace hierarchos {
 namespace quant {
 namespace avx2 {
 
+// Scale of a 32-weight block and the offset of its codes (GGUF: fp16 d; reference: f32 d).
+template <int QT>
+inline float BlockScale(const uint8_t* blk) {
+  if constexpr (QT == kQ4_0 || QT == kQ8_0) {
+    return LoadF16(blk);
+  } else {
+    return LoadF32(blk);
+  }
+}
+template <int QT>
+constexpr int CodesOffset() { return QT == kQ4_0 || QT == kQ8_0 ? 2 : 4; }
+
+template <int QT>
+HQ_AVX2 inline void DecodeCodes32(const uint8_t* blk, __m256* q);
+
 // Decode one block into float vectors: 4 (32-weight formats) or 32 (Q2_K) __m256.
 template <int QT>
 HQ_AVX2 inline void DecodeBlock(const uint8_t* blk, __m256* w) {
+  if constexpr (QT == kQ2_K) {  // GGUF: w = (d*sc) * q - dmin*m per 16-weight sub-block
+    const float d = LoadF16(blk + 80), dmin = LoadF16(blk + 82);
+    const __m256i three = _mm256_set1_epi32(3);
+    for (int j = 0; j < 16; ++j) {
+      const __m256 dl = _mm256_set1_ps(d * static_cast<float>(blk[j] & 0xF));
+      const __m256 ml = _mm256_set1_ps(dmin * static_cast<float>(blk[j] >> 4));
+      const uint8_t* q = blk + 16 + 32 * (j / 8) + 16 * (j % 2);
+      const __m128i shift = _mm_cvtsi32_si128(2 * ((j % 8) / 2));
+      for (int h = 0; h < 2; ++h) {
+        const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * h)));
+        __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(v, shift), three)), dl);
+        __asm__("" : "+x"(p));  // two roundings (no FMA contraction), as the scalar path and ggml
+        w[2 * j + h] = _mm256_sub_ps(p, ml);
+      }
+    }
+    return;
+  } else if constexpr (QT == kQ4_0 || QT == kQ8_0) {
+    const __m256 d = _mm256_set1_ps(LoadF16(blk));
+    DecodeCodes32<QT>(blk, w);
+    for (int i = 0; i < 4; ++i) w[i] = _mm256_mul_ps(w[i], d);
+    return;
+  }
   const __m256 d = _mm256_set1_ps(LoadF32(blk));
-  if constexpr (QT == kQ8_0) {
+  if constexpr (QT == kRefQ8_0) {
     for (int i = 0; i < 4; ++i) {
       const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 4 + 8 * i));
       w[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)), d);
     }
-  } else if constexpr (QT == kQ2_K) {
+  } else if constexpr (QT == kRefQ2_K) {
     const __m256 dmin = _mm256_set1_ps(LoadF32(blk + 4));
     // Element l of a 16-weight half sits in the half's 32-bit word at bit 8*(l/4) + 2*(l%4).
     const __m256i shift_lo = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
@@ -81,11 +118,20 @@ HQ_AVX2 inline float HorizontalSum(__m256 v) {
 // Codes of a 32-weight block as floats (4 vectors); the block scale is applied by the caller.
 template <int QT>
 HQ_AVX2 inline void DecodeCodes32(const uint8_t* blk, __m256* q) {
-  if constexpr (QT == kQ8_0) {
+  constexpr int off = CodesOffset<QT>();
+  if constexpr (QT == kRefQ8_0 || QT == kQ8_0) {
     for (int i = 0; i < 4; ++i) {
-      const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 4 + 8 * i));
+      const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + off + 8 * i));
       q[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
     }
+  } else if constexpr (QT == kQ4_0) {  // GGUF: low nibbles are elements 0..15, high 16..31
+    const __m256i mask = _mm256_set1_epi32(0xF), eight = _mm256_set1_epi32(8);
+    const __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + off)));
+    const __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + off + 8)));
+    q[0] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v0, mask), eight));
+    q[1] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v1, mask), eight));
+    q[2] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(v0, 4), eight));
+    q[3] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(v1, 4), eight));
   } else {
     const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
     const __m128i mask = _mm_set1_epi8(0x0F);
@@ -110,7 +156,7 @@ HQ_AVX2 float DotRow(const float* a, const uint8_t* row, int64_t k) {
   constexpr int bw = BlockWeights(QT), bb = BlockBytes(QT), nv = bw / 8;
   __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
   __m256 w[nv];
-  if constexpr (QT != kQ2_K) {
+  if constexpr (QT != kRefQ2_K && QT != kQ2_K) {
     int64_t b = 0;
     for (; b < k / bw; ++b) {
       const uint8_t* blk = row + b * bb;
@@ -120,7 +166,7 @@ HQ_AVX2 float DotRow(const float* a, const uint8_t* row, int64_t k) {
       s = _mm256_fmadd_ps(_mm256_loadu_ps(ab + 8), w[1], s);
       s = _mm256_fmadd_ps(_mm256_loadu_ps(ab + 16), w[2], s);
       s = _mm256_fmadd_ps(_mm256_loadu_ps(ab + 24), w[3], s);
-      acc[b & 3] = _mm256_fmadd_ps(s, _mm256_set1_ps(LoadF32(blk)), acc[b & 3]);
+      acc[b & 3] = _mm256_fmadd_ps(s, _mm256_set1_ps(BlockScale<QT>(blk)), acc[b & 3]);
     }
   } else {
     for (int64_t b = 0; b < k / bw; ++b) {
@@ -157,7 +203,7 @@ inline void RearrangeForNibbles(const float* a, int64_t k, float* out, float* bl
 
 template <int QT>
 HQ_AVX2 float DotRowNibbles(const float* ar, const float* block_sums, const uint8_t* row, int64_t k) {
-  static_assert(QT == kInt4 || QT == kQ4_0, "nibble formats only");
+  static_assert(QT == kInt4 || QT == kRefQ4_0, "nibble formats only");
   const __m256i mask = _mm256_set1_epi32(0xF);
   const __m256i flip = _mm256_set1_epi32(8);
   __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};

@@ -4,7 +4,8 @@
 //   hierarchos_quant_matmul_f32   Y[..., N] = A[..., K] . W^T, W packed uint8 [N, bytes_per_row]
 //   hierarchos_quant_embed_f32    out[..., K] = dequantize(W[ids[...]]) (row gather)
 //
-// Attributes: qtype (0 INT4, 1 Q4_0, 2 Q8_0, 3 Q2_K), threads (0 = all hardware threads),
+// Attributes: qtype (0 INT4, 1 REF_Q4_0, 2 REF_Q8_0, 3 REF_Q2_K, 4 Q4_0, 5 Q8_0, 6 Q2_K;
+// 4-6 are the GGUF block layouts), threads (0 = all hardware threads),
 // scalar (1 = force the portable path). Work is split over output features (matmul) or
 // over ids (embed), so batch-1 decode uses every core. The AVX2+FMA path is chosen at run
 // time (__builtin_cpu_supports); no global -march.
@@ -68,7 +69,7 @@ template <int QT>
 Kernels KernelsFor(bool scalar) {
 #ifdef HIERARCHOS_QUANT_HAVE_AVX2_PATH
   if (!scalar && CpuHasAvx2()) {
-    if constexpr (QT == hq::kInt4 || QT == hq::kQ4_0) {
+    if constexpr (QT == hq::kInt4 || QT == hq::kRefQ4_0) {
       return {&hq::avx2::DotRow<QT>, &hq::avx2::DequantizeRow<QT>, &hq::avx2::DotF32, &hq::avx2::DotF32x4,
               &hq::avx2::DotRowNibbles<QT>};
     }
@@ -82,6 +83,9 @@ Kernels KernelsFor(bool scalar) {
 Kernels SelectKernels(int qt, bool scalar) {
   switch (qt) {
     case hq::kInt4: return KernelsFor<hq::kInt4>(scalar);
+    case hq::kRefQ4_0: return KernelsFor<hq::kRefQ4_0>(scalar);
+    case hq::kRefQ8_0: return KernelsFor<hq::kRefQ8_0>(scalar);
+    case hq::kRefQ2_K: return KernelsFor<hq::kRefQ2_K>(scalar);
     case hq::kQ4_0: return KernelsFor<hq::kQ4_0>(scalar);
     case hq::kQ8_0: return KernelsFor<hq::kQ8_0>(scalar);
     default: return KernelsFor<hq::kQ2_K>(scalar);
@@ -223,7 +227,7 @@ nb::ndarray<nb::numpy, T, nb::ndim<2>> NewArray(size_t rows, size_t cols) {
 
 int ParseQType(const std::string& name) {
   const int qt = hq::QTypeFromName(name.c_str());
-  if (qt < 0) throw nb::value_error(("unknown qtype '" + name + "'; choose one of INT4, Q4_0, Q8_0, Q2_K").c_str());
+  if (qt < 0) throw nb::value_error(("unknown qtype '" + name + "'; choose one of Q4_0, Q8_0, Q2_K, INT4, REF_Q4_0, REF_Q8_0, REF_Q2_K").c_str());
   return qt;
 }
 

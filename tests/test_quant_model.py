@@ -75,7 +75,7 @@ def test_quantized_model_logits_close_to_float(tiny_dir, float_logits, qtype, tm
     # directory round trip: same logits bit for bit, tied head stored once, smaller on disk
     out = save_quantized_dir(model, tmp_path / "q", tokenizer_dir=tiny_dir)
     manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["qtype"] == qtype and "lm_head.weight" not in manifest["tensors"]
+    assert manifest["qtype"] == qtype and manifest["version"] == 2 and "lm_head.weight" not in manifest["tensors"]
     assert manifest["tensors"]["tok_emb.weight"]["kind"] == "embedding"
     loaded = load_model_dir(out)
     assert isinstance(loaded.model.h_rnn.key, QuantizedLinear)
@@ -113,6 +113,11 @@ def test_cli_quantize_then_generate(tiny_dir, tmp_path, capsys):
     # bad input: one clear line
     assert cli_main.main(["quantize", "--model-path", str(tmp_path / "missing"), "--out-dir", str(out)]) == 1
     assert "no such file" in capsys.readouterr().err
+    # version 1 (reference layouts under the GGUF names, never shipped) is refused in one line
+    manifest = json.loads((out / MANIFEST).read_text())
+    (out / MANIFEST).write_text(json.dumps({**manifest, "version": 1}))
+    with pytest.raises(ModelDirError, match="manifest version 1 is not supported .*quantize the float model again"):
+        load_model_dir(out)
     (out / MANIFEST).write_text("{}")
     with pytest.raises(ModelDirError, match="not a hierarchos-jax-quantized manifest"):
         load_model_dir(out)

@@ -1,8 +1,10 @@
-"""Quantization: the reference's four block formats, native CPU kernels, quantized models.
+"""Quantization: block formats, native CPU kernels, quantized models.
 
 * :func:`quantize` / :func:`dequantize` — float32 ``[rows, K]`` <-> packed ``uint8
-  [rows, bytes_per_row]`` (formats in :mod:`hierarchos_jax.quant.formats`; the C++ kernel
-  when built, else the NumPy reference — bit-identical).
+  [rows, bytes_per_row]``. ``Q4_0``, ``Q8_0``, ``Q2_K`` are the GGUF (ggml) block layouts,
+  byte-compatible with llama.cpp; ``INT4`` and ``REF_Q4_0``, ``REF_Q8_0``, ``REF_Q2_K`` are the
+  reference's layouts (spec/quantization.md §2). Formats in
+  :mod:`hierarchos_jax.quant.formats`; the C++ kernel when built, else NumPy — bit-identical.
 * :mod:`hierarchos_jax.quant.ops` — ``qmatmul`` / ``qembed`` / ``dequantize`` in JAX.
 * :mod:`hierarchos_jax.quant.layers` — ``QuantizedLinear``, ``QuantizedEmbed`` (NNX).
 * :mod:`hierarchos_jax.quant.model` — ``quantize_model``, ``requantize_model``.
@@ -14,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from hierarchos_jax.quant import formats
-from hierarchos_jax.quant.formats import QTYPES, bytes_per_row, get_format
+from hierarchos_jax.quant.formats import GGUF_QTYPES, QTYPES, bytes_per_row, get_format
 
-__all__ = ["QTYPES", "bytes_per_row", "dequantize", "get_format", "quantize"]
+__all__ = ["GGUF_QTYPES", "QTYPES", "bytes_per_row", "dequantize", "get_format", "quantize"]
 
 
 def _native():

@@ -1,23 +1,32 @@
-"""The four block formats of Hierarchos v0.21 (spec/quantization.md §2), in NumPy.
+"""Quantization block formats in NumPy: GGUF's and the reference's.
 
 A weight matrix ``W [rows, K]`` is quantized row by row in blocks along ``K``; the packed
 matrix is ``uint8 [rows, bytes_per_row]`` (all blocks of a row, C structs, no padding,
-little-endian). The byte layouts are the reference kernel's, which are *not* GGUF's:
+little-endian).
 
-========  =======  =====  ===================================================================
-qtype     weights  bytes  layout
-========  =======  =====  ===================================================================
-INT4      32       20     ``d: f32``, 16 bytes: element ``2i`` low nibble, ``2i+1`` high, two's complement
-Q4_0      32       20     ``d: f32``, 16 bytes: same pairing, nibble = code + 8
-Q8_0      32       36     ``d: f32``, 32 x int8
-Q2_K      256      88     ``d: f32`` (range), ``dmin: f32`` (block min), 16 scale bytes (8 used:
-                          4-bit scale per half-group), 64 bytes of 2-bit codes (element e in byte
-                          e//4, bits 2(e%4))
-========  =======  =====  ===================================================================
+``Q4_0``, ``Q8_0``, ``Q2_K`` are the GGUF (ggml / llama.cpp) block layouts, byte for byte
+(fp16 scales; see :mod:`hierarchos_jax.quant.gguf_blocks`). The reference kernel's own
+layouts (spec/quantization.md §2: float32 scales, different pairing and packing, *not*
+GGUF-compatible despite the names) are kept as ``REF_Q4_0``, ``REF_Q8_0``, ``REF_Q2_K``,
+with ``INT4`` (which only exists in the reference):
 
-This module is the reference implementation: per-element arithmetic in float32, the two
+==========  =======  =====  =================================================================
+qtype       weights  bytes  layout
+==========  =======  =====  =================================================================
+Q4_0        32       18     ``d: f16``, 16 bytes: element ``j`` low nibble, ``j+16`` high
+Q8_0        32       34     ``d: f16``, 32 x int8
+Q2_K        256      84     ``scales[16]`` (scale | min << 4), ``qs[64]``, ``d: f16``, ``dmin: f16``
+INT4        32       20     ``d: f32``, 16 bytes: element ``2i`` low nibble, ``2i+1`` high, two's complement
+REF_Q4_0    32       20     ``d: f32``, 16 bytes: same pairing as INT4, nibble = code + 8
+REF_Q8_0    32       36     ``d: f32``, 32 x int8
+REF_Q2_K    256      88     ``d: f32`` (range), ``dmin: f32`` (block min), 16 scale bytes (8 used:
+                            4-bit scale per half-group), 64 bytes of 2-bit codes (element e in
+                            byte e//4, bits 2(e%4))
+==========  =======  =====  =================================================================
+
+The reference formats here are the spec's model: per-element arithmetic in float32, the two
 least-squares sums in float64 accumulated in element order, C ``roundf`` (half away from
-zero). The C++ kernel (``hierarchos_jax._quant``) reproduces it bit for bit.
+zero). The C++ kernel (``hierarchos_jax._quant``) reproduces every format bit for bit.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from hierarchos_jax.quant import gguf_blocks
 
 F32 = np.float32
 
@@ -46,11 +57,15 @@ class Format:
 
 
 FORMATS = {
+    "Q4_0": Format("Q4_0", 32, 18, 4),
+    "Q8_0": Format("Q8_0", 32, 34, 5),
+    "Q2_K": Format("Q2_K", 256, 84, 6),
     "INT4": Format("INT4", 32, 20, 0),
-    "Q4_0": Format("Q4_0", 32, 20, 1),
-    "Q8_0": Format("Q8_0", 32, 36, 2),
-    "Q2_K": Format("Q2_K", 256, 88, 3),
+    "REF_Q4_0": Format("REF_Q4_0", 32, 20, 1),
+    "REF_Q8_0": Format("REF_Q8_0", 32, 36, 2),
+    "REF_Q2_K": Format("REF_Q2_K", 256, 88, 3),
 }
+GGUF_QTYPES = ("Q4_0", "Q8_0", "Q2_K")
 QTYPES = tuple(FORMATS)
 
 
@@ -105,7 +120,7 @@ def _symmetric_codes(x: np.ndarray, levels: float, lo: float, hi: float) -> tupl
 
 
 def _quantize_blocks_q2k(x: np.ndarray) -> np.ndarray:
-    """Q2_K blocks ``x [n, 256]`` -> ``uint8 [n, 88]``."""
+    """REF_Q2_K blocks ``x [n, 256]`` -> ``uint8 [n, 88]``."""
     n = x.shape[0]
     mn = x.min(axis=-1)
     d = (x.max(axis=-1) - mn).astype(F32)
@@ -140,15 +155,17 @@ def quantize(w, qtype: str) -> np.ndarray:
     check_k(fmt, k)
     nb = k // fmt.block
     x = w.reshape(rows * nb, fmt.block)
-    if fmt.name == "Q2_K":
+    if fmt.name in GGUF_QTYPES:
+        return gguf_blocks.QUANTIZE[fmt.name](x).reshape(rows, nb * fmt.block_bytes)
+    if fmt.name == "REF_Q2_K":
         return _quantize_blocks_q2k(x).reshape(rows, nb * fmt.block_bytes)
     out = np.empty((rows * nb, fmt.block_bytes), np.uint8)
-    if fmt.name == "Q8_0":
+    if fmt.name == "REF_Q8_0":
         q, d = _symmetric_codes(x, 127.0, -127.0, 127.0)
         out[:, 4:] = q.astype(np.int8).view(np.uint8)
     else:
         q, d = _symmetric_codes(x, 8.0, -8.0, 7.0)
-        nib = (q + 8) if fmt.name == "Q4_0" else (q & 0xF)
+        nib = (q + 8) if fmt.name == "REF_Q4_0" else (q & 0xF)
         nib = nib.astype(np.uint8)
         out[:, 4:] = nib[:, 0::2] | (nib[:, 1::2] << 4)
     out[:, :4] = _f32_bytes(d)
@@ -172,8 +189,10 @@ def dequantize(packed, qtype: str, k: int) -> np.ndarray:
     packed = _check_packed(packed, fmt, k)
     rows = packed.shape[0]
     b = packed.reshape(-1, fmt.block_bytes)
+    if fmt.name in GGUF_QTYPES:
+        return np.ascontiguousarray(gguf_blocks.DEQUANTIZE[fmt.name](b), dtype=F32).reshape(rows, k)
     d = _bytes_f32(b[:, 0:4])
-    if fmt.name == "Q2_K":
+    if fmt.name == "REF_Q2_K":
         dmin = _bytes_f32(b[:, 4:8])
         sc = b[:, 8:16]
         s = np.stack([sc & 0xF, sc >> 4], axis=-1).reshape(-1, 16).astype(F32)
@@ -181,11 +200,11 @@ def dequantize(packed, qtype: str, k: int) -> np.ndarray:
         qs = b[:, 24:88]
         q = np.stack([(qs >> (2 * i)) & 3 for i in range(4)], axis=-1).reshape(-1, 16, 16).astype(F32)
         w = (q * step[..., None]).astype(F32) + dmin[:, None, None]
-    elif fmt.name == "Q8_0":
+    elif fmt.name == "REF_Q8_0":
         w = b[:, 4:].view(np.int8).astype(F32) * d[:, None]
     else:
         qs = b[:, 4:]
         nib = np.stack([qs & 0xF, qs >> 4], axis=-1).reshape(-1, 32).astype(np.int16)
-        code = nib - 8 if fmt.name == "Q4_0" else np.where(nib > 7, nib - 16, nib)
+        code = nib - 8 if fmt.name == "REF_Q4_0" else np.where(nib > 7, nib - 16, nib)
         w = code.astype(F32) * d[:, None]
     return np.ascontiguousarray(w, dtype=F32).reshape(rows, k)

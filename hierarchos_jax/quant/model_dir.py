@@ -8,7 +8,8 @@ Layout::
                                uint8 [rows, bytes_per_row] matrices of the quantized layers,
                                float32 for the rest; the tied lm_head is stored once
                                (as tok_emb.weight)
-      quantization.json        manifest: qtype, and per packed tensor its kind
+      quantization.json        manifest (version 2): qtype (Q4_0 / Q8_0 / Q2_K are GGUF block
+                               layouts, INT4 / REF_* the reference's), and per packed tensor its kind
                                (linear | embedding), logical shape [rows, K], padded K
       tokenizer files          copied from the source directory
 
@@ -50,7 +51,9 @@ from hierarchos_jax.quant.model import (
 MANIFEST = "quantization.json"
 WEIGHTS = "quantized.safetensors"
 FORMAT_NAME = "hierarchos-jax-quantized"
-FORMAT_VERSION = 1
+# 2: Q4_0 / Q8_0 / Q2_K are the GGUF block layouts (version 1, never shipped, stored the
+# reference layouts under those names; they are now REF_Q4_0 / REF_Q8_0 / REF_Q2_K).
+FORMAT_VERSION = 2
 TIED_HEAD = "lm_head.weight"
 
 
@@ -135,7 +138,7 @@ def _read_manifest(directory: Path) -> dict:
         raise md.ModelDirError(f"{path}: not a {FORMAT_NAME} manifest")
     if manifest.get("version") != FORMAT_VERSION:
         raise md.ModelDirError(f"{path}: manifest version {manifest.get('version')!r} is not supported "
-                               f"(this version reads {FORMAT_VERSION})")
+                               f"(this version reads {FORMAT_VERSION}; quantize the float model again)")
     if not isinstance(manifest.get("tensors"), dict):
         raise md.ModelDirError(f"{path}: manifest has no 'tensors' table")
     return manifest

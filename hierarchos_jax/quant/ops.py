@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierarchos_jax.quant.formats import Format, get_format
+from hierarchos_jax.quant.formats import GGUF_QTYPES, Format, get_format
 
 MATMUL_TARGET = "hierarchos_quant_matmul_f32"
 EMBED_TARGET = "hierarchos_quant_embed_f32"
@@ -68,10 +68,12 @@ def dequantize(packed: jax.Array, qtype: str, k: int) -> jax.Array:
     nb = fmt.bytes_per_row(k) // fmt.block_bytes
     lead = packed.shape[:-1]
     b = packed.reshape(*lead, nb, fmt.block_bytes)
+    if fmt.name in GGUF_QTYPES:
+        return _dequantize_gguf(b, fmt.name).reshape(*lead, k)
     d = _f32_at(b, 0)[..., None]
-    if fmt.name == "Q8_0":
+    if fmt.name == "REF_Q8_0":
         w = jax.lax.bitcast_convert_type(b[..., 4:], jnp.int8).astype(jnp.float32) * d
-    elif fmt.name == "Q2_K":
+    elif fmt.name == "REF_Q2_K":
         dmin = _f32_at(b, 4)[..., None, None]
         sc = b[..., 8:16].astype(jnp.int32)
         s = jnp.stack([sc & 15, sc >> 4], axis=-1).reshape(*lead, nb, 16).astype(jnp.float32)
@@ -85,6 +87,27 @@ def dequantize(packed: jax.Array, qtype: str, k: int) -> jax.Array:
         flip = 8 if fmt.name == "INT4" else 0
         w = ((nib ^ flip) - 8).astype(jnp.float32) * d
     return w.reshape(*lead, k)
+
+
+def _f16_at(b: jax.Array, start: int) -> jax.Array:
+    return jax.lax.bitcast_convert_type(b[..., start:start + 2], jnp.float16).astype(jnp.float32)
+
+
+def _dequantize_gguf(b: jax.Array, name: str) -> jax.Array:
+    """GGUF blocks ``uint8 [..., nb, block_bytes] -> float32 [..., nb, block]``."""
+    if name == "Q8_0":
+        return jax.lax.bitcast_convert_type(b[..., 2:], jnp.int8).astype(jnp.float32) * _f16_at(b, 0)[..., None]
+    if name == "Q4_0":
+        qs = b[..., 2:].astype(jnp.int32)
+        code = jnp.concatenate([qs & 15, qs >> 4], axis=-1) - 8
+        return code.astype(jnp.float32) * _f16_at(b, 0)[..., None]
+    sc = b[..., :16].astype(jnp.int32)                                      # Q2_K
+    dl = _f16_at(b, 80)[..., None] * (sc & 15).astype(jnp.float32)        # [..., nb, 16]
+    ml = _f16_at(b, 82)[..., None] * (sc >> 4).astype(jnp.float32)
+    qs = b[..., 16:80].astype(jnp.int32).reshape(*b.shape[:-1], 2, 1, 32)
+    q = (qs >> jnp.array([0, 2, 4, 6]).reshape(4, 1)) & 3                   # [..., nb, 2, 4, 32]
+    q = q.reshape(*b.shape[:-1], 16, 16).astype(jnp.float32)
+    return (dl[..., None] * q - ml[..., None]).reshape(*b.shape[:-1], 256)
 
 
 def _xla_matmul(x, packed, fmt: Format, k: int):
