@@ -79,6 +79,11 @@ def register(subparsers) -> None:
     _flag(m, "--surprise-threshold", type=float, default=1.0, help="passive response learning loss ceiling")
     _flag(m, "--ltm-lora-path", "--ltm_lora_path", metavar="FILE",
           help="learned-memory file (safetensors + FILE.json): loaded at start if present, saved at exit")
+    _flag(c, "--chat-state-file", "--chat_state_file", nargs="?", const="auto", default=None, metavar="PATH",
+          help="autosave the conversation state (recurrence, position, ROSA history) after every turn; "
+               "no value: ./hierarchos_chat_states/<model>-<time>.safetensors")
+    _flag(c, "--resume-chat-from-state-file", "--resume_chat_from_state_file", metavar="PATH",
+          help="continue the conversation saved in PATH (turns state carrying on) and keep autosaving it")
     p.set_defaults(func=run, dynamic_ltm_lr=False, passive_learning=False)
 
 
@@ -142,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
         schedule_min_lr=args.ltm_schedule_min_lr, grad_clip=args.online_ltm_grad_clip,
         passive_learning=args.passive_learning, passive_response_learning=args.passive_response_learning,
         passive_lr=args.passive_lr, surprise_threshold=args.surprise_threshold)
+    state_path = args.resume_chat_from_state_file or args.chat_state_file
+    if state_path == "auto":
+        state_path = str(load("hierarchos_jax.infer.chat_state", "chat").default_path(args.model_path))
     options = chat.ChatOptions(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
         seed=args.seed, max_new_tokens=args.max_new_tokens, eos_stop_prob=args.eos_stop_prob,
@@ -149,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         entropy_stop_top_prob=args.entropy_stop_top_prob, alpaca=args.alpaca, system=args.system,
         carry_state=args.carry_chat_state, prefill_chunk_size=args.chat_prefill_chunk_size,
         history_turns=args.chat_input_history_turns, history_chars=args.chat_input_history_chars,
-        learning=args.online_learning, learning_options=learning, memory_path=args.ltm_lora_path)
+        learning=args.online_learning, learning_options=learning, memory_path=args.ltm_lora_path,
+        state_path=state_path, resume_state=args.resume_chat_from_state_file is not None)
     try:
         session = chat.ChatSession(loaded.model, loaded.config, tokenizer, options)
     except ValueError as e:  # bad option values, vocabulary mismatch, unusable memory file

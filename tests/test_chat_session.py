@@ -256,3 +256,26 @@ def test_filters_change_retrieval_and_clear(tiny):
     assert s.handle("/filter clear").lines == ["retrieval filter: none"]
     s.handle("/seed 11")
     assert turn(s, "Hello")[0].result.token_ids == base
+
+
+def test_chat_state_file_continues_the_conversation(tiny, tmp_path):
+    """A carried conversation saved after each turn and resumed in a new session continues
+    exactly: same position, same ROSA history, and the next turn draws the same tokens."""
+    path = tmp_path / "states" / "chat.safetensors"
+    a = session(tiny, carry_state=True, state_path=str(path))
+    turn(a, "Hello")
+    turn(a, "Hi")
+    assert path.is_file()
+    b = session(tiny, state_path=str(path), resume_state=True)  # resuming turns carry on
+    assert b.carry and b.position == a.position and "Resumed" in b.start_lines[0]
+    np.testing.assert_array_equal(b.state.rosa[0].tokens, a.state.rosa[0].tokens)
+    for s in (a, b):
+        s.handle("/seed 9")
+    ra, _ = turn(a, "More")
+    rb, _ = turn(b, "More")
+    assert rb.result.token_ids == ra.result.token_ids and b.position == a.position
+    b.handle("/reset")  # autosaved: a fresh state
+    c = session(tiny, state_path=str(path), resume_state=True)
+    assert c.position == 0
+    fresh = session(tiny, state_path=str(tmp_path / "new.safetensors"), resume_state=True)
+    assert "will be created" in fresh.start_lines[0] and fresh.state is None

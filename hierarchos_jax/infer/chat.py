@@ -71,6 +71,8 @@ class ChatOptions:
     learning: bool = True
     learning_options: LearningOptions = LearningOptions()
     memory_path: str | None = None      # --ltm-lora-path: loaded at start, saved at close
+    state_path: str | None = None       # chat-state file: saved after every turn, /reset and at close
+    resume_state: bool = False          # load ``state_path`` at start (implies carry_state)
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
@@ -141,12 +143,38 @@ class ChatSession:
         self._seed_offset = 0  # turn i after the last seed setting draws with seed + i
         self._hebbian_notice_shown = False
         self.memory_path = Path(options.memory_path) if options.memory_path else None
+        self.state_path = Path(options.state_path) if options.state_path else None
+        self.carry = bool(options.carry_state)
         self.start_lines: list[str] = []
+        if self.state_path is not None and options.resume_state:
+            self._resume()
         if self.memory_path is not None and self.memory_path.exists():
             self.bank.load(self.memory_path)  # MemoryFileError: one line for the CLI
             s = self.bank.summary()
             self.start_lines.append(f"Loaded learned memory from {self.memory_path} "
                                     f"({s['written_slots']} written slots, |fast| {s['fast_norm']:.3e}).")
+
+    def _resume(self) -> None:
+        """Spec §12.2, with its caveat fixed (§18.4): resuming turns carry on, since a
+        carry-off turn would discard the resumed state."""
+        from hierarchos_jax.infer.chat_state import load_chat_state
+
+        if not self.state_path.exists():
+            self.start_lines.append(f"Chat-state file {self.state_path} does not exist yet; it will be created.")
+            return
+        self.state = load_chat_state(self.state_path, self.config, self.bank.memory)  # ChatStateError: one line
+        self.carry = True
+        self.start_lines.append(f"Resumed the conversation state from {self.state_path} at position {self.position} "
+                                "(state carried across turns).")
+
+    def save_state(self) -> None:
+        """Autosave the chat-state file, if one is configured (a fresh state after /reset)."""
+        if self.state_path is None:
+            return
+        from hierarchos_jax.infer.chat_state import save_chat_state
+
+        state = self.state if self.state is not None else self.engine.initial_state(1)
+        save_chat_state(self.state_path, state, self.config, model_path=str(getattr(self.tokenizer, "directory", "")))
 
     # ------------------------------------------------------------------ public state
 
@@ -160,7 +188,7 @@ class ChatSession:
         mode = str(cfg.extra.get("ltm_training_mode", "read-only"))
         lines = [f"Template: {'Alpaca' if self.alpaca else 'User/Assistant'}; "
                  f"{'exact' if self.engine.exact else 'legacy'} checkpoint (prefill chunk {self.engine.chunk_size}); "
-                 f"state carried across turns: {'yes' if self.options.carry_state else 'no'}."]
+                 f"state carried across turns: {'yes' if self.carry else 'no'}."]
         if self.learner is not None:
             lines.append(f"Online LTM learning on (lr {self.learner.options.ltm_lr:g}"
                          f"{', cosine schedule' if self.learner.options.dynamic_lr else ''}); "
@@ -197,7 +225,9 @@ class ChatSession:
         return handler(cmd)
 
     def close(self) -> list[str]:
-        """End of session: save the learned memory to ``--ltm-lora-path`` if it changed."""
+        """End of session: save the chat state (if configured) and the learned memory to
+        ``--ltm-lora-path`` if it changed."""
+        self.save_state()
         if self.memory_path is not None and self.bank.changed:
             self.bank.save(self.memory_path)
             return [f"Learned memory saved to {self.memory_path}."]
@@ -235,7 +265,7 @@ class ChatSession:
         lines = [f"temperature {s.temperature:g}, top-k {s.top_k}, top-p {s.top_p:g}, "
                  f"repetition penalty {s.repetition_penalty:g}, seed {s.seed}, "
                  f"max new tokens {self.options.max_new_tokens}",
-                 f"carry state {'on' if self.options.carry_state else 'off'}, prefill chunk {self.engine.chunk_size}"]
+                 f"carry state {'on' if self.carry else 'off'}, prefill chunk {self.engine.chunk_size}"]
         o = self.options
         if o.entropy_stop_threshold > 0 or o.eos_stop_prob > 0:
             lines.append(f"stops: eos prob {o.eos_stop_prob:g}, entropy {o.entropy_stop_threshold:g} "
@@ -251,6 +281,7 @@ class ChatSession:
         self.state = None
         self.history.clear()
         self.pending = None
+        self.save_state()
         return _message("Recurrent state, position and history reset (learned memory kept).")
 
     def _do_reset_ltm(self, cmd: Command) -> Reply:
@@ -390,7 +421,7 @@ class ChatSession:
         memory, source_filter = self.bank.retrieval_view(self.filter)
         sampling = dataclasses.replace(self.settings, seed=self.settings.seed + self._seed_offset)
         self._seed_offset += 1
-        if self.options.carry_state and self.state is not None:
+        if self.carry and self.state is not None:
             st = self.state
             state = GenerationState(st.state._replace(memory=memory), st.rosa, st.layout)
             stream = self.engine.generate_stream(prompt_ids, sampling, self._stop(), state=state,
@@ -410,6 +441,7 @@ class ChatSession:
         if result.stop_reason == STOP_MARKER and response_ids:
             response_ids = response_ids[:-1]  # the hidden "###" token is not part of the answer
         reply.after.extend(self._after_turn(line, prompt_ids, response_ids))
+        self.save_state()
 
     def _after_turn(self, line: str, prompt_ids: list[int], response_ids: list[int]) -> list[str]:
         """§4.5: passive prompt learning, history, feedback target, passive response
