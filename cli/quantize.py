@@ -30,6 +30,9 @@ def register(subparsers) -> None:
                    help="block format (default %(default)s)")
     p.add_argument("--out-dir", "--out_dir", dest="out_dir", default=None, metavar="OUT",
                    help="output directory (default: DIR-<QTYPE> next to the model)")
+    p.add_argument("--gguf", action="store_true",
+                   help="also write OUT/model.gguf (llama.cpp's container; Q8_0, Q4_0, Q2_K only; needs the "
+                        "'gguf' package)")
     p.set_defaults(func=run)
 
 
@@ -40,8 +43,10 @@ def run(args) -> int:
     out = Path(args.out_dir) if args.out_dir else src.with_name(f"{src.name}-{args.qtype}")
     if out.resolve() == src.resolve():
         raise CLIError("--out-dir must differ from --model-path")
+    if args.gguf and not args.qtype.startswith("Q"):
+        raise CLIError(f"--gguf: {args.qtype} has no GGUF equivalent (use Q8_0, Q4_0 or Q2_K)")
     qdir = load("hierarchos_jax.quant.model_dir", "quantization")
-    written = qdir.quantize_model_dir(src, out, args.qtype)
+    written = qdir.quantize_model_dir(src, out, args.qtype, gguf=args.gguf)
     manifest = qdir.read_summary(written)
     print(f"wrote {written} ({args.qtype}: {manifest['packed']} packed tensors, "
           f"{manifest['bytes'] / 2**20:.1f} MiB of weights, {manifest['ratio']:.2f}x smaller than float32)")

@@ -16,6 +16,7 @@ from flax import nnx
 from hierarchos_jax.io.model_dir import ModelDirError, load_model_dir
 from hierarchos_jax.model.mode import RunMode
 from hierarchos_jax.model.run import Runner
+from hierarchos_jax.quant.gguf_export import GGUF_FILE
 from hierarchos_jax.quant.layers import QuantizedEmbed, QuantizedLinear
 from hierarchos_jax.quant.model import (
     model_qtype,
@@ -98,11 +99,46 @@ def test_requantize_follows_the_float_model(tiny_dir):
     assert model_qtype(model) == "Q4_0" and model.tok_emb.qtype == "Q4_0"
 
 
+def _check_gguf_file(out):
+    """The .gguf written beside the safetensors holds the same packed bytes as GGUF-typed
+    tensors (read back with llama.cpp's gguf-py reader, dequantized by its NumPy code)."""
+    import gguf
+    from gguf import quants as gq
+    from safetensors.numpy import load_file
+
+    from hierarchos_jax import quant
+
+    reader = gguf.GGUFReader(str(out / GGUF_FILE))
+    field = reader.fields["hierarchos.quantization"]
+    manifest = json.loads(bytes(field.parts[field.data[0]]).decode())
+    assert manifest == json.loads((out / MANIFEST).read_text())
+    stored = load_file(str(out / WEIGHTS))
+    read = {t.name: t for t in reader.tensors}
+    assert set(read) == set(stored)
+    for name, info in manifest["tensors"].items():
+        t = read[name]
+        assert t.tensor_type.name == info["qtype"] == "Q8_0"
+        assert t.data.tobytes() == stored[name].tobytes()
+        np.testing.assert_array_equal(gq.dequantize(stored[name], t.tensor_type),
+                                      quant.dequantize(stored[name], "Q8_0", info["padded_k"]))
+    floats = [n for n in stored if n not in manifest["tensors"]]
+    assert floats
+    for name in floats:
+        assert read[name].tensor_type.name == "F32"
+        np.testing.assert_array_equal(np.asarray(read[name].data).reshape(-1), stored[name].reshape(-1))
+
+
 def test_cli_quantize_then_generate(tiny_dir, tmp_path, capsys):
     out = tmp_path / "tiny-q8"
-    assert cli_main.main(["quantize", "--model_path", str(tiny_dir), "--qtype", "q8_0", "--out-dir", str(out)]) == 0
+    assert cli_main.main(["quantize", "--model_path", str(tiny_dir), "--qtype", "q8_0", "--out-dir", str(out),
+                          "--gguf"]) == 0
     assert "Q8_0" in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} >= {MANIFEST, WEIGHTS, "hierarchos_config.json", "tokenizer.json"}
+    assert {p.name for p in out.iterdir()} >= {MANIFEST, WEIGHTS, GGUF_FILE, "hierarchos_config.json",
+                                               "tokenizer.json"}
+    _check_gguf_file(out)
+    assert cli_main.main(["quantize", "--model-path", str(tiny_dir), "--qtype", "INT4", "--gguf",
+                          "--out-dir", str(tmp_path / "int4")]) == 1
+    assert "INT4 has no GGUF equivalent" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing half-written left
     rc = cli_main.main(["generate", "--model-path", str(out), "--prompt", "Hello", "--max-new-tokens", "5",
                         "--temperature", "0", "--json"])

@@ -11,6 +11,8 @@ Layout::
       quantization.json        manifest (version 2): qtype (Q4_0 / Q8_0 / Q2_K are GGUF block
                                layouts, INT4 / REF_* the reference's), and per packed tensor its kind
                                (linear | embedding), logical shape [rows, K], padded K
+      model.gguf               optional (``gguf=True``, GGUF qtypes only): the same tensors in a
+                               GGUF file (see :mod:`hierarchos_jax.quant.gguf_export`)
       tokenizer files          copied from the source directory
 
 Written atomically (a temp directory renamed into place). :func:`load_quantized_dir`
@@ -74,16 +76,13 @@ def _entries(config):
         yield e
 
 
-def save_quantized_dir(model, out: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None,
-                       metadata: dict | None = None) -> Path:
-    """Write a quantized ``model`` (see :func:`~hierarchos_jax.quant.model.quantize_model`)."""
-    from safetensors.numpy import save_file
-
-    out = Path(out)
+def collect_tensors(model) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """Every stored tensor of a quantized ``model`` under its reference name (packed uint8
+    for the quantized layers, float32 for the rest) and the manifest entries of the packed
+    ones."""
     cfg = model.config
     tensors: dict[str, np.ndarray] = {}
     packed_info: dict[str, dict] = {}
-    qtypes = set()
     for e in _entries(cfg):
         if e.kind == "buffer":
             tensors[e.name] = np.asarray(model.time_freqs[...], np.float32)
@@ -99,23 +98,43 @@ def save_quantized_dir(model, out: str | os.PathLike, *, tokenizer_dir: str | os
                        else (module.num_embeddings, module.features))
             tensors[e.name] = np.asarray(module.packed[...], np.uint8)
             packed_info[e.name] = {"module": owner, "kind": "linear" if linear else "embedding", "qtype": module.qtype,
-                                       "shape": [rows, k], "padded_k": module.padded_in if linear else module.padded_features,
-                                       "has_bias": bool(linear and module.bias is not None)}
-            qtypes.add(module.qtype)
+                                   "shape": [rows, k], "padded_k": module.padded_in if linear else module.padded_features,
+                                   "has_bias": bool(linear and module.bias is not None)}
             continue
         tensors[e.name] = np.array(to_reference(e.kind, np.asarray(variable_at(model, e.path)[...], np.float32)),
                                    order="C", copy=True)
     if not packed_info:
         raise ValueError("model has no quantized layers: call hierarchos_jax.quant.model.quantize_model first")
+    return tensors, packed_info
+
+
+def save_quantized_dir(model, out: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None,
+                       metadata: dict | None = None, gguf: bool = False) -> Path:
+    """Write a quantized ``model`` (see :func:`~hierarchos_jax.quant.model.quantize_model`).
+    ``gguf``: also write ``model.gguf`` (GGUF layouts only; needs the ``gguf`` package)."""
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    cfg = model.config
+    tensors, packed_info = collect_tensors(model)
+    qtypes = {info["qtype"] for info in packed_info.values()}
     manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "qtype": min(qtypes) if len(qtypes) == 1 else
-                    "mixed", "weights": WEIGHTS, "tied": {TIED_HEAD: "tok_emb.weight"}, "tensors": packed_info,
-                    "metadata": {k: v for k, v in (metadata or {}).items() if isinstance(v, (str, int, float, bool))
-                              or v is None}}
+                "mixed", "weights": WEIGHTS, "tied": {TIED_HEAD: "tok_emb.weight"}, "tensors": packed_info,
+                "metadata": {k: v for k, v in (metadata or {}).items() if isinstance(v, (str, int, float, bool))
+                             or v is None}}
+    if gguf:
+        from hierarchos_jax.quant.gguf_export import check_gguf_export
+
+        check_gguf_export(packed_info)  # before anything is written
     tmp = md._atomic_dir(out)
     try:
         save_file(tensors, str(tmp / WEIGHTS))
         (tmp / md.CONFIG_JSON).write_text(json.dumps(cfg.to_reference_dict(), indent=2) + "\n")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if gguf:
+            from hierarchos_jax.quant.gguf_export import GGUF_FILE, write_gguf
+
+            write_gguf(tmp / GGUF_FILE, tensors, manifest, cfg.to_reference_dict())
         if tokenizer_dir is not None:
             for name in md.TOKENIZER_FILES:
                 src = Path(tokenizer_dir) / name
@@ -213,9 +232,10 @@ def load_quantized_dir(directory: str | os.PathLike) -> md.LoadedModel:
     return md.LoadedModel(model, config, directory, dict(manifest.get("metadata") or {}))
 
 
-def quantize_model_dir(src: str | os.PathLike, out: str | os.PathLike, qtype: str = "Q8_0") -> Path:
+def quantize_model_dir(src: str | os.PathLike, out: str | os.PathLike, qtype: str = "Q8_0", *,
+                       gguf: bool = False) -> Path:
     """``hierarchos quantize``: any model directory -> a quantized one (``qtype`` for every
-    selected layer)."""
+    selected layer; ``gguf``: also ``model.gguf``)."""
     fmt = get_format(qtype)
     src = Path(src)
     loaded = md.load_model_dir(src)
@@ -229,7 +249,7 @@ def quantize_model_dir(src: str | os.PathLike, out: str | os.PathLike, qtype: st
         tokenizer_dir = find_tokenizer_dir(src if src.is_dir() else src.parent)
     except TokenizerError:
         pass  # no tokenizer to copy
-    return save_quantized_dir(loaded.model, out, tokenizer_dir=tokenizer_dir, metadata=meta)
+    return save_quantized_dir(loaded.model, out, tokenizer_dir=tokenizer_dir, metadata=meta, gguf=gguf)
 
 
 def read_summary(directory: str | os.PathLike) -> dict:
