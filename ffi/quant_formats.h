@@ -116,8 +116,15 @@ inline void StoreF16(uint8_t* p, float f) {
   p[1] = static_cast<uint8_t>(h >> 8);
 }
 
-// ggml's nearest_int: round half to even (the default floating-point rounding mode).
-inline int NearestInt(float v) { return static_cast<int>(std::nearbyint(v)); }
+// ggml's nearest_int: round half to even. Adding 1.5 * 2^23 rounds to an integer in the
+// float addition itself (exact for |v| < 2^22, no libm call); larger values use nearbyint.
+inline int NearestInt(float v) {
+  if (!(std::fabs(v) < 4194304.0f)) return static_cast<int>(std::nearbyint(v));
+  const float biased = v + 12582912.0f;
+  int32_t bits;
+  std::memcpy(&bits, &biased, sizeof bits);
+  return (bits & 0x007FFFFF) - 0x00400000;
+}
 
 // --- quantize one block ------------------------------------------------------
 

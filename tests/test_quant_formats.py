@@ -259,3 +259,23 @@ def test_gguf_q2k_error_within_ggml_bounds():
     w = np.random.default_rng(7).standard_normal((24, 512)).astype(np.float32)
     p = both(w, "Q2_K")
     np.testing.assert_array_equal(formats.dequantize(p, "Q2_K", 512), gq.dequantize(p, GGML["Q2_K"]))
+
+
+def test_kernel_fp16_conversion_rounds_like_numpy():
+    """The C++ fp32 -> fp16 -> fp32 conversion (Q8_0's d = max|x| / 127) equals NumPy's
+    round-to-nearest-even on random magnitudes, exact half-ulp ties, subnormals, overflow."""
+    rng = np.random.default_rng(8)
+    v = rng.integers(0x30000000, 0x48000000, 30000, dtype=np.uint32).view(np.float32)
+    h = rng.integers(0, 0x7C00, 5000).astype(np.uint16).view(np.float16).astype(np.float32)
+    ties = (h.astype(np.float64) + np.spacing(h.astype(np.float16)).astype(np.float64) / 2).astype(np.float32)
+    extra = np.float32([6.1e-5, 5.96e-8, 2.98e-8, 2.99e-8, 65504, 65519, 65520, 1e9])
+    d = np.concatenate([v, h, ties, np.nextafter(h, np.float32(np.inf)), extra])
+    x = np.zeros((d.size, 32), np.float32)
+    x[:, 0] = d * np.float32(127)
+    p = both(x, "Q8_0")
+    want = (x[:, 0] / np.float32(127)).astype(np.float32)
+    with np.errstate(over="ignore"):
+        want = want.astype(np.float16)
+    np.testing.assert_array_equal(p[:, :2].copy().view("<f2")[:, 0], want)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(native.dequantize(p, "Q8_0", 32), formats.dequantize(p, "Q8_0", 32))

@@ -29,7 +29,8 @@ QK_K = 256
 
 def _f16_bytes(x: np.ndarray) -> np.ndarray:
     """float32 ``[n]`` -> fp16 (round to nearest even) little-endian bytes ``uint8 [n, 2]``."""
-    return np.ascontiguousarray(np.asarray(x, F32).astype("<f2")).view(np.uint8).reshape(-1, 2)
+    with np.errstate(over="ignore"):  # beyond fp16's range: inf, as ggml
+        return np.ascontiguousarray(np.asarray(x, F32).astype("<f2")).view(np.uint8).reshape(-1, 2)
 
 
 def _f16_at(b: np.ndarray, start: int) -> np.ndarray:
