@@ -99,6 +99,22 @@ def test_requantize_follows_the_float_model(tiny_dir):
     assert model_qtype(model) == "Q4_0" and model.tok_emb.qtype == "Q4_0"
 
 
+def test_reference_layouts_round_trip_and_are_not_exported_to_gguf(tiny_dir, tmp_path):
+    """A directory in a reference layout (REF_Q8_0) saves and loads byte for byte; asking for
+    a .gguf of it is refused in one line before anything is written."""
+    model = quantize_model(load_model_dir(tiny_dir).model, "REF_Q8_0")
+    with pytest.raises(ValueError, match="REF_Q8_0 has no GGUF equivalent"):
+        save_quantized_dir(model, tmp_path / "g", gguf=True)
+    assert not list(tmp_path.iterdir())
+    out = save_quantized_dir(model, tmp_path / "r")
+    assert json.loads((out / MANIFEST).read_text())["qtype"] == "REF_Q8_0"
+    loaded = load_model_dir(out).model
+    assert model_qtype(loaded) == "REF_Q8_0"
+    for path in quantized_paths(model.config):
+        np.testing.assert_array_equal(np.asarray(module_at(loaded, path).packed[...]),
+                                      np.asarray(module_at(model, path).packed[...]))
+
+
 def _check_gguf_file(out):
     """The .gguf written beside the safetensors holds the same packed bytes as GGUF-typed
     tensors (read back with llama.cpp's gguf-py reader, dequantized by its NumPy code)."""
