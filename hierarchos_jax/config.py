@@ -66,7 +66,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Tuple, Union
@@ -1055,23 +1054,9 @@ class HierarchosConfig:
 
     def to_json_file(self, path: Union[str, os.PathLike]) -> Path:
         """Atomically write :meth:`to_json` to ``path`` (temp file + ``os.replace``)."""
-        p = Path(path)
-        text = self.to_json()
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        return p
+        from hierarchos_jax.io.atomic import write_text_atomic
+
+        return write_text_atomic(path, self.to_json())
 
     @classmethod
     def from_preset(cls, name: Union[str, os.PathLike], *, warn: bool = True) -> "HierarchosConfig":

@@ -18,7 +18,7 @@ from hierarchos_jax.model.hierarchos import Hierarchos
 from hierarchos_jax.model.mode import RunMode
 from hierarchos_jax.model.run import Runner
 from hierarchos_jax.train import expand as E
-from hierarchos_jax.train.optimizer import _path_name
+from hierarchos_jax.train.optimizer import path_name
 
 V0 = 13
 GROW = dict(vocab_size=17, persistent_dim=12, ltm_topk=3, ltm_key_dim=20, ltm_val_dim=20)
@@ -26,7 +26,7 @@ GROW = dict(vocab_size=17, persistent_dim=12, ltm_topk=3, ltm_key_dim=20, ltm_va
 
 def flat(model):
     _, p, _ = nnx.split(model, nnx.Param, ...)
-    return {_path_name(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(p)}
+    return {path_name(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(p)}
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from hierarchos_jax.model.mode import RunMode
 from hierarchos_jax.model.run import Runner
 from hierarchos_jax.train import lora as L
 from hierarchos_jax.train import synthetic
-from hierarchos_jax.train.optimizer import _path_name
+from hierarchos_jax.train.optimizer import path_name
 
 STEPS = 8
 
@@ -96,8 +96,8 @@ def test_finetune_writes_adapter_and_changes_only_the_adapter(run):
     # auxiliary, neither of which is in this objective (read-only LTM, alignment weight 0).
     learned = sorted(n for n, ab in lora["adapters"].items() if np.abs(ab["B"]).max() > 0)
     assert learned == sorted(set(lora["adapters"]) - {"val_proj.kernel"})
-    b = {_path_name(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(base)}
-    adapted = {_path_name(k): np.asarray(v)
+    b = {path_name(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(base)}
+    adapted = {path_name(k): np.asarray(v)
                for k, v in jax.tree_util.tree_leaves_with_path(L.apply_lora(base, lora, spec))}
     changed = sorted(k for k in b if not np.array_equal(b[k], adapted[k]))
     assert changed == sorted([*learned, "ltm.keys", "ltm.vals"])

@@ -13,7 +13,7 @@ from flax import nnx
 from hierarchos_jax.config import HierarchosConfig
 from hierarchos_jax.model.hierarchos import Hierarchos
 from hierarchos_jax.train import lora as L
-from hierarchos_jax.train.optimizer import _path_name
+from hierarchos_jax.train.optimizer import path_name
 
 # The 21 Linear layers the reference's PEFT config adapts (spec training.md §7).
 REFERENCE_ADAPTED = sorted(
@@ -30,7 +30,7 @@ def params():
 
 
 def flat(tree):
-    return {_path_name(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+    return {path_name(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def random_lora(params, spec, seed=1):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hierarchos_jax.eval.artifacts import write_json_atomic, write_text_atomic
+from hierarchos_jax.io.atomic import write_json_atomic, write_text_atomic
 from hierarchos_jax.eval.harness import (
     EvalError,
     run_tasks,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hierarchos_jax.eval.artifacts import write_json_atomic
+from hierarchos_jax.io.atomic import write_json_atomic
 from hierarchos_jax.eval.harness import EvalError, flat_metrics, run_tasks
 from hierarchos_jax.eval.registry import resolve
 

@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from hierarchos_jax.config import HierarchosConfig
-from hierarchos_jax.train.optimizer import _path_name as path_name
+from hierarchos_jax.train.optimizer import path_name
 
 # Shape-defining keys that may only grow.
 GROWABLE = ("vocab_size", "context_dim", "persistent_dim", "ltm_slots", "ltm_key_dim", "ltm_val_dim", "ltm_topk",

@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hierarchos_jax.io.atomic import atomic_path, write_json_atomic
 from hierarchos_jax.io.reference_state import TRANSIENT_LTM_BUFFERS
-from hierarchos_jax.train.optimizer import _path_name as path_name
+from hierarchos_jax.train.optimizer import path_name
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -228,17 +228,6 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 # ---------------------------------------------------------------- files
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_adapter(out_dir: str | os.PathLike, lora: dict, spec: LoraSpec, *, base: dict | None = None,
                  extra: dict | None = None) -> Path:
     """Write ``adapter_model.safetensors`` (PEFT key names, PyTorch layout) and
@@ -268,8 +257,9 @@ def save_adapter(out_dir: str | os.PathLike, lora: dict, spec: LoraSpec, *, base
         "hierarchos_jax": {"adapted_modules": modules, "base_shape_sha256": base.get("shape_sha256"),
                            "base_weights_sha256": base.get("weights_sha256"), **(extra or {})},
     }
-    _atomic_write(out / ADAPTER_WEIGHTS, lambda tmp: save_file(tensors, tmp))
-    _atomic_write(out / ADAPTER_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
+    write_json_atomic(out / ADAPTER_CONFIG, config)
     return out
 
 

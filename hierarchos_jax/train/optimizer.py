@@ -88,7 +88,7 @@ def make_ltm_schedule(ltm_lr: float, min_ltm_lr: float, total_steps: int, *, dis
 
 # ---------------------------------------------------------------- parameter groups (§6.1)
 
-def _path_name(path) -> str:
+def path_name(path) -> str:
     parts = []
     for k in path:
         if isinstance(k, jax.tree_util.DictKey):
@@ -129,7 +129,7 @@ def decay_mask(params, config):
     names = reference_names(config)
 
     def one(path, _):
-        ours = _path_name(path)
+        ours = path_name(path)
         if ours not in names:
             raise KeyError(f"parameter {ours!r} has no reference name")
         return decays(names[ours])
@@ -142,7 +142,7 @@ def param_groups(params, config) -> dict[str, list[str]]:
     names = reference_names(config)
     groups: dict[str, list[str]] = {"decay": [], "no_decay": []}
     for path, _ in jax.tree_util.tree_leaves_with_path(params):
-        ref = names[_path_name(path)]
+        ref = names[path_name(path)]
         groups["decay" if decays(ref) else "no_decay"].append(ref)
     return groups
 
