@@ -289,13 +289,15 @@ def train_loop(trainee: Trainee, data, opts: LoopOptions, *, hooks: Sequence[Hoo
                                state=state_target(rest))
         finally:
             reader.close()
-        params, counters, rng = r.params, r.counters, r.rng
+        # Restored arrays come back committed to a device; fresh ones are not. Uncommitted
+        # copies make the resumed run call the very program a fresh run compiles.
+        params, counters, rng, rest, saved_opt = jax.tree.map(
+            lambda x: jnp.asarray(np.asarray(x)), (r.params, r.counters, r.rng, r.buffers, r.opt_state))
         if opts.override_scheduling:
             opt_state = tx.init(params)
             counters = counters._replace(updates=jnp.zeros_like(counters.updates))
         else:
-            opt_state = r.opt_state
-        rest = r.buffers
+            opt_state = saved_opt
         if r.data_state is None:
             raise CheckpointError(f"checkpoint {sdir} has no data-iterator state")
         data.set_state(r.data_state)
