@@ -12,9 +12,6 @@ token (the pad is EOS, spec §2). The directory (``tokenizer.json``, ``tokenizer
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from hierarchos_jax.data.formatting import (
@@ -24,6 +21,7 @@ from hierarchos_jax.data.formatting import (
 )
 from hierarchos_jax.data.options import FormatOptions
 from hierarchos_jax.data.readers import Malformed
+from hierarchos_jax.io.atomic import atomic_directory
 
 EOS = "<|endoftext|>"
 BYTE_ALPHABET = 256
@@ -88,23 +86,11 @@ def save_tokenizer_dir(tok, out_dir, *, model_max_length: int = 1024) -> Path:
     if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir())
                              and not (out_dir / "tokenizer.json").is_file()):
         raise ValueError(f"{out_dir}: exists and is not a tokenizer directory; choose a new --out-dir")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         tok.save(str(tmp / "tokenizer.json"))
         config = {"tokenizer_class": "GPT2TokenizerFast", "model_max_length": int(model_max_length),
                   "add_prefix_space": False, "bos_token": EOS, "eos_token": EOS, "unk_token": EOS}
         (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "special_tokens_map.json").write_text(
             json.dumps({"bos_token": EOS, "eos_token": EOS, "unk_token": EOS}, indent=2) + "\n")
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(tmp.name + ".old")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -19,7 +19,6 @@ name next to the destination and renamed into place when complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from hierarchos_jax.data.examples import ExampleStore
+from hierarchos_jax.io.atomic import replace_directory
 
 FORMAT = "hierarchos-chunks"
 VERSION = 1
@@ -122,14 +122,7 @@ class ChunkWriter:
         manifest = {"format": FORMAT, "version": VERSION, "rows": self.rows, "tokens": self.tokens,
                     "fields": fields, "shards": self._shards, **self.meta}
         (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        old = None
-        if self.out_dir.exists():
-            old = self.out_dir.with_name(self._tmp.name + ".old")
-            os.replace(self.out_dir, old)
-        os.replace(self._tmp, self.out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return self.out_dir
+        return replace_directory(self._tmp, self.out_dir)
 
     def abort(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)

@@ -1,8 +1,7 @@
 """Encoding with or without the tokenizer's special tokens (spec/training.md §2).
 
 Prompts and plain texts are encoded with the tokenizer's default special-token behaviour (a
-BOS-adding tokenizer adds BOS); response pieces without. ``Tokenizer.encode`` always uses the
-default, so the second form reads the wrapped ``tokenizers`` object directly.
+BOS-adding tokenizer adds BOS); response pieces without.
 """
 
 from __future__ import annotations
@@ -11,16 +10,12 @@ from hierarchos_jax.io.tokenizer import Tokenizer
 
 
 def encode(tokenizer: Tokenizer, text: str, *, special: bool = True) -> list[int]:
-    if special:
-        return tokenizer.encode(text)
-    return list(tokenizer._tok.encode(text, add_special_tokens=False).ids)
+    return tokenizer.encode(text, add_special_tokens=special)
 
 
 def encode_batch(tokenizer: Tokenizer, texts: list[str], *, special: bool = True) -> list[list[int]]:
     """Many texts at once (the ``tokenizers`` library encodes them in parallel); same ids as :func:`encode`."""
-    if not texts:
-        return []
-    return [list(e.ids) for e in tokenizer._tok.encode_batch(list(texts), add_special_tokens=special)]
+    return tokenizer.encode_batch(texts, add_special_tokens=special)
 
 
 def require_eos(tokenizer: Tokenizer) -> int:

@@ -17,10 +17,7 @@ DEFAULT_MAX_LENGTH = 1024
 def encode_plain(tokenizer, text: str) -> list[int]:
     """``tokenizer.encode(text, add_special_tokens=False)``: no BOS/EOS added, but a literal
     special-token text (``<|endoftext|>``) still becomes its id."""
-    raw = getattr(tokenizer, "_tok", None)  # hierarchos_jax.io.tokenizer.Tokenizer wraps `tokenizers`
-    if raw is not None:
-        return list(raw.encode(text, add_special_tokens=False).ids)
-    return list(tokenizer.encode(text))
+    return list(tokenizer.encode(text, add_special_tokens=False))
 
 
 def eot_id(tokenizer) -> int:

@@ -55,8 +55,17 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return len(self)
 
-    def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text).ids)
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; ``add_special_tokens=False`` skips the template's BOS/EOS
+        (a literal special-token text such as ``<|endoftext|>`` still becomes its id)."""
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def encode_batch(self, texts, *, add_special_tokens: bool = True) -> list[list[int]]:
+        """:meth:`encode` of many texts at once (``tokenizers`` encodes them in parallel)."""
+        texts = list(texts)
+        if not texts:
+            return []
+        return [list(e.ids) for e in self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
     def decode(self, ids, *, skip_special_tokens: bool = False) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
