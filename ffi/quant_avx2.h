@@ -1,8 +1,8 @@
 // AVX2 + FMA paths of the quantized kernels (same math as ffi/quant_formats.h, 8 lanes).
 //
 // Compiled without any global -march: every function carries
-// __attribute__((target("avx2,fma"))) and ffi/quant_cpu.cc only calls them after
-// __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") at run time.
+// __attribute__((target("avx2,fma,f16c"))) and ffi/quant_cpu.cc only calls them after
+// __builtin_cpu_supports("avx2"), ("fma") and ("f16c") at run time.
 // Dequantized weights are bit-identical to the scalar path (same float32 products;
 // Q2_K's q*step + dmin is kept as two roundings); dot products differ from the scalar
 // path only in summation order.
@@ -18,17 +18,22 @@
 
 #include "quant_formats.h"
 
-#define HQ_AVX2 __attribute__((target("avx2,fma")))
+#define HQ_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace hierarchos {
 namespace quant {
 namespace avx2 {
 
 // Scale of a 32-weight block and the offset of its codes (GGUF: fp16 d; reference: f32 d).
+// fp16 -> fp32 with the F16C instruction (exact, same value as the portable LoadF16).
+HQ_AVX2 inline float LoadF16Fast(const uint8_t* p) {
+  return _cvtsh_ss(static_cast<unsigned short>(p[0] | (p[1] << 8)));
+}
+
 template <int QT>
-inline float BlockScale(const uint8_t* blk) {
+HQ_AVX2 inline float BlockScale(const uint8_t* blk) {
   if constexpr (QT == kQ4_0 || QT == kQ8_0) {
-    return LoadF16(blk);
+    return LoadF16Fast(blk);
   } else {
     return LoadF32(blk);
   }
@@ -43,7 +48,7 @@ HQ_AVX2 inline void DecodeCodes32(const uint8_t* blk, __m256* q);
 template <int QT>
 HQ_AVX2 inline void DecodeBlock(const uint8_t* blk, __m256* w) {
   if constexpr (QT == kQ2_K) {  // GGUF: w = (d*sc) * q - dmin*m per 16-weight sub-block
-    const float d = LoadF16(blk + 80), dmin = LoadF16(blk + 82);
+    const float d = LoadF16Fast(blk + 80), dmin = LoadF16Fast(blk + 82);
     const __m256i three = _mm256_set1_epi32(3);
     for (int j = 0; j < 16; ++j) {
       const __m256 dl = _mm256_set1_ps(d * static_cast<float>(blk[j] & 0xF));
@@ -59,7 +64,7 @@ HQ_AVX2 inline void DecodeBlock(const uint8_t* blk, __m256* w) {
     }
     return;
   } else if constexpr (QT == kQ4_0 || QT == kQ8_0) {
-    const __m256 d = _mm256_set1_ps(LoadF16(blk));
+    const __m256 d = _mm256_set1_ps(LoadF16Fast(blk));
     DecodeCodes32<QT>(blk, w);
     for (int i = 0; i < 4; ++i) w[i] = _mm256_mul_ps(w[i], d);
     return;
@@ -176,6 +181,39 @@ HQ_AVX2 float DotRow(const float* a, const uint8_t* row, int64_t k) {
     }
   }
   return HorizontalSum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+}
+
+// GGUF Q2_K fused dot: per 16-weight sub-block j, sum(a*w) = dl_j*sum(a*q) - ml_j*sum(a), so
+// the codes are never scaled one by one (equal to dequantize-then-dot up to float32 rounding).
+HQ_AVX2 inline float DotRowGgufQ2K(const float* a, const uint8_t* row, int64_t k) {
+  const __m256i three = _mm256_set1_epi32(3);
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 accm[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t b = 0; b < k / 256; ++b) {
+    const uint8_t* blk = row + 84 * b;
+    const float* ab = a + 256 * b;
+    const float d = LoadF16Fast(blk + 80), dmin = LoadF16Fast(blk + 82);
+    for (int h = 0; h < 2; ++h) {
+      for (int s = 0; s < 4; ++s) {
+        const __m128i shift = _mm_cvtsi32_si128(2 * s);
+        for (int half = 0; half < 2; ++half) {  // sub-block j = 8h + 2s + half: elements 16j..16j+15
+          const int j = 8 * h + 2 * s + half;
+          const uint8_t* q = blk + 16 + 32 * h + 16 * half;
+          const float* aj = ab + 16 * j;
+          const __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q)));
+          const __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8)));
+          const __m256 q0 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(v0, shift), three));
+          const __m256 q1 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(v1, shift), three));
+          const __m256 a0 = _mm256_loadu_ps(aj), a1 = _mm256_loadu_ps(aj + 8);
+          const __m256 sq = _mm256_fmadd_ps(a1, q1, _mm256_mul_ps(a0, q0));
+          const __m256 sa = _mm256_add_ps(a0, a1);
+          acc[half] = _mm256_fmadd_ps(sq, _mm256_set1_ps(d * static_cast<float>(blk[j] & 0xF)), acc[half]);
+          accm[half] = _mm256_fmadd_ps(sa, _mm256_set1_ps(dmin * static_cast<float>(blk[j] >> 4)), accm[half]);
+        }
+      }
+    }
+  }
+  return HorizontalSum(_mm256_add_ps(acc[0], acc[1])) - HorizontalSum(_mm256_add_ps(accm[0], accm[1]));
 }
 
 // --- INT4 / Q4_0 decode dot on rearranged activations ----------------------------

@@ -7,8 +7,8 @@
 // Attributes: qtype (0 INT4, 1 REF_Q4_0, 2 REF_Q8_0, 3 REF_Q2_K, 4 Q4_0, 5 Q8_0, 6 Q2_K;
 // 4-6 are the GGUF block layouts), threads (0 = all hardware threads),
 // scalar (1 = force the portable path). Work is split over output features (matmul) or
-// over ids (embed), so batch-1 decode uses every core. The AVX2+FMA path is chosen at run
-// time (__builtin_cpu_supports); no global -march.
+// over ids (embed), so batch-1 decode uses every core. The AVX2+FMA+F16C path is chosen at
+// run time (__builtin_cpu_supports); no global -march.
 //
 // Plain functions for NumPy: quantize(w, qtype), dequantize(packed, qtype, k),
 // matmul(a, packed, qtype, threads=0, scalar=False), has_avx2(), hardware_threads().
@@ -35,7 +35,8 @@ namespace {
 
 bool CpuHasAvx2() {
 #ifdef HIERARCHOS_QUANT_HAVE_AVX2_PATH
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return has;
 #else
   return false;
@@ -69,6 +70,9 @@ template <int QT>
 Kernels KernelsFor(bool scalar) {
 #ifdef HIERARCHOS_QUANT_HAVE_AVX2_PATH
   if (!scalar && CpuHasAvx2()) {
+    if constexpr (QT == hq::kQ2_K) {
+      return {&hq::avx2::DotRowGgufQ2K, &hq::avx2::DequantizeRow<QT>, &hq::avx2::DotF32, &hq::avx2::DotF32x4};
+    }
     if constexpr (QT == hq::kInt4 || QT == hq::kRefQ4_0) {
       return {&hq::avx2::DotRow<QT>, &hq::avx2::DequantizeRow<QT>, &hq::avx2::DotF32, &hq::avx2::DotF32x4,
               &hq::avx2::DotRowNibbles<QT>};

@@ -74,7 +74,7 @@ def test_avx2_path_is_used_where_available():
     cpuinfo = Path("/proc/cpuinfo")
     flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
     if flags:  # Linux: runtime dispatch must agree with the CPU's flags
-        assert native.has_avx2() == ({"avx2", "fma"} <= flags)
+        assert native.has_avx2() == ({"avx2", "fma", "f16c"} <= flags)
     assert native.hardware_threads() >= 1
 
 
