@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hierarchos_jax.io.atomic import atomic_path
 from hierarchos_jax.quant.formats import GGUF_QTYPES
 
 GGUF_FILE = "model.gguf"
@@ -43,30 +44,25 @@ def check_gguf_export(packed_info: dict) -> None:
 
 def write_gguf(path: str | os.PathLike, tensors: dict[str, np.ndarray], manifest: dict, config: dict) -> Path:
     """Write ``tensors`` (from :func:`~hierarchos_jax.quant.model_dir.collect_tensors`) to
-    ``path`` atomically (a temp name in the same directory, then renamed)."""
+    ``path`` atomically (:func:`hierarchos_jax.io.atomic.atomic_path`)."""
     gguf = _gguf()
     packed_info = manifest["tensors"]
     check_gguf_export(packed_info)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(str(tmp), ARCH)
-    try:
-        writer.add_string(f"{ARCH}.config", json.dumps(config, sort_keys=True))
-        writer.add_string(f"{ARCH}.quantization", json.dumps(manifest, sort_keys=True))
-        for name, value in tensors.items():
-            info = packed_info.get(name)
-            if info is None:
-                writer.add_tensor(name, np.ascontiguousarray(value, np.float32))
-            else:
-                qtype = getattr(gguf.GGMLQuantizationType, info["qtype"])
-                writer.add_tensor(name, np.ascontiguousarray(value, np.uint8), raw_dtype=qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), ARCH)
+        try:
+            writer.add_string(f"{ARCH}.config", json.dumps(config, sort_keys=True))
+            writer.add_string(f"{ARCH}.quantization", json.dumps(manifest, sort_keys=True))
+            for name, value in tensors.items():
+                info = packed_info.get(name)
+                if info is None:
+                    writer.add_tensor(name, np.ascontiguousarray(value, np.float32))
+                else:
+                    qtype = getattr(gguf.GGMLQuantizationType, info["qtype"])
+                    writer.add_tensor(name, np.ascontiguousarray(value, np.uint8), raw_dtype=qtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
+    return Path(path)

@@ -35,6 +35,7 @@ from flax import nnx
 
 from hierarchos_jax.config import HierarchosConfig
 from hierarchos_jax.io import model_dir as md
+from hierarchos_jax.io.atomic import atomic_directory
 from hierarchos_jax.io.reference_state import (
     from_reference,
     state_dict_layout,
@@ -126,8 +127,7 @@ def save_quantized_dir(model, out: str | os.PathLike, *, tokenizer_dir: str | os
         from hierarchos_jax.quant.gguf_export import check_gguf_export
 
         check_gguf_export(packed_info)  # before anything is written
-    tmp = md._atomic_dir(out)
-    try:
+    with atomic_directory(out) as tmp:
         save_file(tensors, str(tmp / WEIGHTS))
         (tmp / md.CONFIG_JSON).write_text(json.dumps(cfg.to_reference_dict(), indent=2) + "\n")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -140,10 +140,6 @@ def save_quantized_dir(model, out: str | os.PathLike, *, tokenizer_dir: str | os
                 src = Path(tokenizer_dir) / name
                 if src.exists():
                     shutil.copy2(src, tmp / name)
-        md._replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
