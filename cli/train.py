@@ -233,11 +233,6 @@ def step_options(args):
         raise CLIError(f"--full-sample-checkpoint-segment-size must be > 0 (got {args.full_sample_segment_size})")
     full_remat = True if args.full_sample_remat is None else bool(args.full_sample_remat)
     remat_tokens = True if args.gradient_checkpointing is None else bool(args.gradient_checkpointing)
-    if args.full_sample_bptt:
-        if step_lib.normalize_ltm_training_mode(mode) == "inner-update":
-            mode = "read-only"
-        if full_remat:
-            remat_tokens = False
     amp = args.amp if args.amp is not None else jax.default_backend() == "gpu"
     min_ltm = args.min_ltm_lr if args.min_ltm_lr is not None else args.min_lr
     values = {"ltm_training_mode": mode, "ltm_lr": args.ltm_lr, "min_ltm_lr": min_ltm,
@@ -246,7 +241,7 @@ def step_options(args):
               "full_sample_segment_size": args.full_sample_segment_size, "full_sample_remat": full_remat,
               "remat_tokens": remat_tokens, "compute_dtype": "bfloat16" if amp else "float32"}
     names = {f.name for f in dataclasses.fields(step_lib.StepOptions)}
-    return step_lib.StepOptions(**{k: v for k, v in values.items() if k in names})
+    return step_lib.full_sample_options(step_lib.StepOptions(**{k: v for k, v in values.items() if k in names}))
 
 
 def loss_config(args, chunk: int):
@@ -274,7 +269,9 @@ def config_overrides(args, *, from_scratch: bool) -> dict:
     if "detach_every_n_steps" in out and out["detach_every_n_steps"] <= 0:
         out["detach_every_n_steps"] = None
     if args.full_sample_bptt:          # §5.7: no in-chunk detach, parity inference policy
-        out.update(detach_every_n_steps=None, inference_logit_parity=True, full_sample_bptt=True)
+        from hierarchos_jax.train.step import FULL_SAMPLE_CONFIG
+
+        out.update(FULL_SAMPLE_CONFIG)
     if args.gradient_checkpointing is not None:
         out["gradient_checkpointing"] = bool(args.gradient_checkpointing)
     return out

@@ -306,6 +306,9 @@ def test_full_sample_implications(setup):
                                                                          ltm_training_mode="inner-update"))
     assert cfg.detach_every_n_steps is None and cfg.inference_logit_parity and cfg.full_sample_bptt
     assert opts.ltm_training_mode == "read-only" and opts.full_sample_bptt
+    assert not opts.remat_tokens  # segments are rematerialised, so tokens inside them are not
+    _, plain = apply_full_sample_implications(setup["cfg"], StepOptions(full_sample_bptt=True, full_sample_remat=False))
+    assert plain.remat_tokens
     same = apply_full_sample_implications(setup["cfg"], StepOptions(ltm_training_mode="inner-update"))
     assert same[0] is setup["cfg"] and same[1].inner_update
     with pytest.raises(ValueError, match="apply_full_sample_implications"):

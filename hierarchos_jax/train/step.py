@@ -129,8 +129,20 @@ def apply_full_sample_implications(config, options: StepOptions):
     full-sample BPTT is off."""
     if not options.full_sample_bptt:
         return config, options
-    config = config.replace(detach_every_n_steps=None, inference_logit_parity=True, full_sample_bptt=True)
-    return config, dataclasses.replace(options, ltm_training_mode="read-only")
+    return config.replace(**FULL_SAMPLE_CONFIG), full_sample_options(options)
+
+
+# The config keys that full-sample BPTT forces (persisted with the model).
+FULL_SAMPLE_CONFIG = {"detach_every_n_steps": None, "inference_logit_parity": True, "full_sample_bptt": True}
+
+
+def full_sample_options(options: StepOptions) -> StepOptions:
+    """The step-option half of §5.7: read-only LTM, and no per-token remat inside segments
+    that are themselves rematerialised. Unchanged when full-sample BPTT is off."""
+    if not options.full_sample_bptt:
+        return options
+    return dataclasses.replace(options, ltm_training_mode="read-only",
+                               remat_tokens=options.remat_tokens and not options.full_sample_remat)
 
 
 class Batch(NamedTuple):
