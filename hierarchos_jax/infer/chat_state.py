@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hierarchos_jax.infer.engine import GenerationState
-from hierarchos_jax.infer.memory import _atomic_write_bytes
+from hierarchos_jax.io.atomic import write_bytes_atomic
 from hierarchos_jax.model.ltm import WorkingMemory
 from hierarchos_jax.model.rosa import RosaAutomaton
 from hierarchos_jax.model.state import HierarchosState
@@ -61,7 +61,7 @@ def save_chat_state(path: str | os.PathLike, state: GenerationState, config, *, 
     meta = {"kind": KIND, "version": VERSION, "saved_at": repr(time.time()), "model_path": str(model_path),
             "signature": json.dumps(signature(config), sort_keys=True)}
     path = Path(path)
-    _atomic_write_bytes(path, save(tensors, metadata=meta))
+    write_bytes_atomic(path, save(tensors, metadata=meta))
     return path
 
 

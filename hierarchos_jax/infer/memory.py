@@ -32,12 +32,12 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from hierarchos_jax.io.atomic import write_bytes_atomic
 from hierarchos_jax.model.ltm import WorkingMemory
 
 SOURCE_NAMES = {0: "unknown", 1: "user", 2: "training", 3: "correction"}
@@ -112,20 +112,6 @@ def _iso(t: float) -> str:
 def keys_fingerprint(keys) -> str:
     """A short hash of the model's LTM keys: a memory file belongs to the model it learned on."""
     return hashlib.sha256(np.ascontiguousarray(np.asarray(keys, np.float32)).tobytes()).hexdigest()[:16]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class MemoryBank:
@@ -243,9 +229,9 @@ class MemoryBank:
         }
         meta = {"format": FORMAT, "slots": str(self.slots), "val_dim": str(self.val_dim),
                 "keys_fingerprint": self.fingerprint, "saved_at": repr(time.time())}
-        _atomic_write_bytes(path, save(tensors, metadata=meta))
+        write_bytes_atomic(path, save(tensors, metadata=meta))
         info = {**meta, **self.summary(), "val_dim": self.val_dim, "saved_at": float(meta["saved_at"])}
-        _atomic_write_bytes(path.with_name(path.name + ".json"), (json.dumps(info, indent=2) + "\n").encode())
+        write_bytes_atomic(path.with_name(path.name + ".json"), (json.dumps(info, indent=2) + "\n").encode())
         self.changed = False
         return path
 

@@ -29,13 +29,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+from hierarchos_jax.io.atomic import write_json_atomic
 
 MANIFEST = "hierarchos_manifest.json"
 FORMAT = "hierarchos-jax-train-checkpoint"
@@ -87,10 +88,7 @@ def write_manifest(step_dir: Path, step: int) -> Path:
     files = {p.relative_to(step_dir).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
              for p in _files(step_dir)}
     body = {"format": FORMAT, "version": FORMAT_VERSION, "step": int(step), "files": files}
-    tmp = step_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(body, indent=1) + "\n")
-    os.replace(tmp, step_dir / MANIFEST)
-    return step_dir / MANIFEST
+    return write_json_atomic(step_dir / MANIFEST, body, indent=1)
 
 
 def verify_step_dir(step_dir: Path) -> dict:

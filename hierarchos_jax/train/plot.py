@@ -9,9 +9,9 @@ to a temporary name and renamed, so a reader never sees half a PNG.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
+from hierarchos_jax.io.atomic import atomic_path
 from hierarchos_jax.train.records import METRICS_FILE, read_metrics, step_lines
 
 
@@ -76,13 +76,9 @@ def plot_run(run_dir, out=None) -> Path:
     fig.suptitle(f"{run.name}: {len(steps)} steps", fontsize=10)
     fig.tight_layout()
     out = Path(out) if out else (run if run.is_dir() else run.parent) / "training_curves.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return out

@@ -14,8 +14,9 @@ uninterrupted sequence of steps.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from hierarchos_jax.io.atomic import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 STEP_KEYS = ("loss", "ce", "z_loss", "ponder", "commitment", "lr", "grad_norm")
@@ -62,9 +63,7 @@ class MetricsLog:
         kept = []
         if keep_until is not None and self.path.exists():
             kept = [r for r in read_metrics(self.path) if int(r["step"]) <= keep_until]
-        tmp = self.path.with_name(f".{METRICS_FILE}.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._f = open(self.path, "a")
 
     def write(self, record: dict) -> None:
