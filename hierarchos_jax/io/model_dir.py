@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from hierarchos_jax.config import HierarchosConfig
 from hierarchos_jax.io import reference_state, torch_zip
+from hierarchos_jax.io.atomic import atomic_directory
 
 WEIGHTS_TORCH = "hierarchos.pt"
 WEIGHTS_SAFETENSORS = "model.safetensors"
@@ -136,22 +136,6 @@ def load_model_dir(directory: str | os.PathLike) -> LoadedModel:
     return LoadedModel(model, config, directory, meta)
 
 
-def _atomic_dir(out: Path):
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, backup)
-        os.replace(tmp, out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def save_model_dir(model, out: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None,
                    metadata: dict | None = None, write_torch: bool = True) -> Path:
     """Write ``model`` as a model directory: config JSON, ``model.safetensors`` and (by
@@ -164,8 +148,7 @@ def save_model_dir(model, out: str | os.PathLike, *, tokenizer_dir: str | os.Pat
     cfg_dict = model.config.to_reference_dict()
     meta = {"completed_epoch": 0, "training_complete": True, "converted_from": None, "tokenizer_name": None}
     meta.update({k: v for k, v in (metadata or {}).items() if k in _META_KEYS})
-    tmp = _atomic_dir(out)
-    try:
+    with atomic_directory(out) as tmp:
         if write_torch:
             payload = {"model_state_dict": sd, "config": cfg_dict}
             payload.update(meta)
@@ -181,10 +164,6 @@ def save_model_dir(model, out: str | os.PathLike, *, tokenizer_dir: str | os.Pat
                 src = Path(tokenizer_dir) / name
                 if src.exists():
                     shutil.copy2(src, tmp / name)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
