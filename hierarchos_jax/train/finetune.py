@@ -40,7 +40,6 @@ from hierarchos_jax.train import lora as lora_lib
 from hierarchos_jax.train.optimizer import (
     OptimConfig,
     clip_by_global_norm_ref,
-    global_norm,
     make_schedule,
 )
 from hierarchos_jax.train.step import (
@@ -48,6 +47,7 @@ from hierarchos_jax.train.step import (
     LossConfig,
     StepContext,
     StepOptions,
+    guarded_update,
     make_batch,
     window_grads,
     zero_counters,
@@ -124,15 +124,8 @@ def finetune_step(graphdef, cfg, lc: LossConfig, options: StepOptions, spec: lor
     merged, pullback = jax.vjp(lambda l: lora_lib.apply_lora(base, l, spec, dropout_key=dropout_key), lora)
     grads, has, (loss, ce, _z, ponder, commit), n_bad = window_grads(ctx, merged, batch, divisor)
     (lgrads,) = pullback(grads)
-    gnorm = global_norm(lgrads)
-    ok = has & jnp.isfinite(gnorm)
     lr = schedule(counters.updates)
-    safe = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), lgrads)
-    updates, new_opt = tx.update(safe, opt_state, lora)
-    new_lora = optax.apply_updates(lora, updates)
-    lora = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_lora, lora)
-    opt_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_opt, opt_state)
-    skipped = (has & ~ok) | (n_bad > 0)
+    lora, opt_state, ok, skipped, gnorm = guarded_update(tx, lgrads, has, n_bad, opt_state, lora)
     counters = counters._replace(updates=counters.updates + ok.astype(jnp.int32),
                                  skipped=counters.skipped + skipped.astype(jnp.int32),
                                  nonfinite_batches=counters.nonfinite_batches + n_bad)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +41,13 @@ from flax import nnx
 
 from hierarchos_jax.model import rosa as rosa_lib
 from hierarchos_jax.model.hierarchos import forward, set_compute_dtype
+from hierarchos_jax.model.losses import (
+    IGNORE_INDEX,
+    chunked_lm_loss,
+    commitment_cost,
+    ponder_cost,
+)
 from hierarchos_jax.model.ltm import WorkingMemory, inner_update
-from hierarchos_jax.model.losses import IGNORE_INDEX, chunked_lm_loss, commitment_cost, ponder_cost
 from hierarchos_jax.model.mode import RunMode
 from hierarchos_jax.model.numerics import drift_clamp, finite_clamp
 from hierarchos_jax.model.state import HierarchosState, zeros_state
@@ -488,21 +493,35 @@ def window_grads(ctx: StepContext, params, batch: Batch, divisor):
     return grads, has, m_mean, n_bad
 
 
+class GuardedUpdate(NamedTuple):
+    params: Any
+    opt_state: Any
+    ok: jax.Array          # the update was applied
+    skipped: jax.Array     # an update was due but skipped (non-finite gradient or a non-finite batch)
+    grad_norm: jax.Array
+
+
+def guarded_update(tx, grads, has, n_bad, opt_state, params) -> GuardedUpdate:
+    """Apply ``tx`` to ``params`` only when the window had gradients (``has``) and their global
+    norm is finite (§5.10 step 2); otherwise params and optimizer state stay as they were."""
+    gnorm = global_norm(grads)
+    ok = has & jnp.isfinite(gnorm)
+    safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
+    updates, new_opt = tx.update(safe_grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    params = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_params, params)
+    opt_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_opt, opt_state)
+    return GuardedUpdate(params, opt_state, ok, (has & ~ok) | (n_bad > 0), gnorm)
+
+
 def train_step(graphdef, rest, cfg, lc: LossConfig, tx, schedule, options: StepOptions, params, opt_state,
                counters: Counters, batch: Batch, divisor):
     """One optimizer update over a window (pure; see :class:`TrainStep` for the jitted form)."""
     ltm_lr = options.ltm_schedule()(counters.ltm_steps) if options.inner_update else jnp.float32(0.0)
     ctx = StepContext(graphdef, rest, cfg, lc, options, ltm_lr)
     grads, has, (loss, ce, z, ponder, commit), n_bad = window_grads(ctx, params, batch, divisor)
-    gnorm = global_norm(grads)
-    ok = has & jnp.isfinite(gnorm)
     lr = schedule(counters.updates)
-    safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
-    updates, new_opt = tx.update(safe_grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    params = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_params, params)
-    opt_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_opt, opt_state)
-    skipped = (has & ~ok) | (n_bad > 0)
+    params, opt_state, ok, skipped, gnorm = guarded_update(tx, grads, has, n_bad, opt_state, params)
     ltm_steps = counters.ltm_steps
     if options.inner_update and not options.disable_ltm_lr_schedule:
         ltm_steps = jnp.where(ok, jnp.minimum(ltm_steps + 1, max(1, options.ltm_total_steps)), ltm_steps)
