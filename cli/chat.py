@@ -6,6 +6,7 @@ import argparse
 import math
 import signal
 import sys
+import threading
 
 from ._common import CLIError, load
 
@@ -132,8 +133,39 @@ def _read_line(interactive: bool) -> str | None:
         return None
 
 
+def _relay_ctrl_c_to_main_thread() -> None:
+    """Make every Ctrl+C reach the main thread.
+
+    At the prompt the main thread waits in readline's select(), which only a signal delivered
+    to that thread interrupts; but SIGINT goes to any thread that does not block it, and the
+    XLA runtime runs many. So SIGINT is blocked here, before the runtime starts (threads
+    inherit the mask), a small thread takes it with sigwait() and re-sends it to the main
+    thread as SIGUSR1, whose handler runs whatever SIGINT handler is installed at that moment
+    (KeyboardInterrupt at the prompt, the stop flag during an answer)."""
+    if not (hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwait")):
+        return
+    main = threading.main_thread().ident
+
+    def forward(signum, frame):
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        elif handler != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    def wait():
+        while True:
+            signal.sigwait({signal.SIGINT})
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+    signal.signal(signal.SIGUSR1, forward)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    threading.Thread(target=wait, name="ctrl-c-relay", daemon=True).start()
+
+
 def run(args: argparse.Namespace) -> int:
     _check(args)
+    _relay_ctrl_c_to_main_thread()
     model_dir = load("hierarchos_jax.io.model_dir", "chat")
     tokenizer_mod = load("hierarchos_jax.io.tokenizer", "chat")
     chat = load("hierarchos_jax.infer.chat", "chat")

@@ -102,6 +102,7 @@ def test_terminal_session_survives_ctrl_c_mid_answer_and_ends_on_ctrl_d(model_di
         assert b"position " in status and b"turns 1," in status
         proc.send_signal(signal.SIGINT)  # at the prompt: a notice, the session goes on
         _read_until(master, b"Ctrl+D to quit", buf, 60)
+        _read_until(master, b">>> ", buf, 60)  # as a user: Ctrl+D once the prompt is back
         os.write(master, b"\x04")  # Ctrl+D
         assert proc.wait(timeout=60) == 0
     finally:
