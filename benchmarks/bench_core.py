@@ -34,10 +34,8 @@ bench runs right after each of our workloads (``--threads 2``, ``--device`` from
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -46,6 +44,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _host import host_facts  # noqa: E402  (benchmarks/_host.py, beside this script)
 REFERENCE_BENCH = Path("/work/shared/bench/reference_bench.py")
 WORKLOADS = ("train", "eval", "gen")
 
@@ -324,14 +324,7 @@ def run_reference(ref_dir: str, ref_python: str, workload: str, quick: bool, dev
 
 
 def environment() -> dict:
-    from importlib.metadata import version
-
-    cpu = platform.processor()
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "host_cpu": cpu, "host_cores": os.cpu_count(), "python": platform.python_version(),
-            "jax": version("jax"), "jaxlib": version("jaxlib"), "load_avg_at_start": list(os.getloadavg())}
+    return host_facts()
 
 
 ROWS = (
@@ -408,7 +401,7 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"{env['date']}  jax {env['jax']}  backend {env['backend']} ({env['device']})  "
-          f"host {env['host_cpu']} x{env['host_cores']}  load {env['load_avg_at_start'][0]:.2f}"
+          f"host {env['host_cpu']} x{env['host_cores']}  load {env['load_avg'][0]:.2f}"
           + ("  [quick]" if a.quick else ""))
     print(table(ours, ref))
     print(f"JSON: {out}")

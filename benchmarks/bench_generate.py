@@ -31,10 +31,8 @@ differ by up to 3x, so only a side-by-side ratio means anything.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -43,6 +41,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _host import host_facts  # noqa: E402  (benchmarks/_host.py, beside this script)
 PROMPT_LEN = 16
 SAMPLED = dict(temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.2, seed=0)
 REFERENCE_BENCH = Path("/work/shared/bench/reference_bench.py")
@@ -55,18 +55,7 @@ def log(*args):
 def environment() -> dict:
     import jax
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "host_cpu": cpu,
-            "host_cores": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
-            "backend": jax.default_backend(), "devices": [d.device_kind for d in jax.devices()],
-            "load_avg": list(os.getloadavg())}
+    return {**host_facts(), "backend": jax.default_backend(), "devices": [d.device_kind for d in jax.devices()]}
 
 
 def measure(engine, prompts, sampling, stop, *, batch_mode, repeats) -> dict:

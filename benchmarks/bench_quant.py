@@ -28,16 +28,16 @@ The machine may be shared: few repeats, medians, load average recorded in the JS
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _host import host_facts  # noqa: E402  (benchmarks/_host.py, beside this script)
 QTYPES = ("Q8_0", "Q4_0", "Q2_K", "INT4", "REF_Q8_0", "REF_Q4_0", "REF_Q2_K")  # GGUF layouts first
 SHAPES = (("rwkv square", 448, 448), ("key_cm", 448, 1792), ("value_cm", 1792, 448), ("tied head", 448, 50257))
 TINY = HERE.parent.parent / "shared" / "fixtures" / "reference" / "tiny" / "model"
@@ -52,17 +52,8 @@ def environment() -> dict:
 
     from hierarchos_jax import _quant
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "host_cpu": cpu,
-            "host_cores": os.cpu_count(), "kernel_threads": _quant.hardware_threads(), "avx2": _quant.has_avx2(),
-            "jax": jax.__version__, "backend": jax.default_backend(), "load_avg": list(os.getloadavg())}
+    return {**host_facts(), "kernel_threads": _quant.hardware_threads(), "avx2": _quant.has_avx2(),
+            "backend": jax.default_backend()}
 
 
 def timed(fn, repeats: int) -> float:
