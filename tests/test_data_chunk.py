@@ -7,30 +7,16 @@ import argparse
 import json
 
 import numpy as np
-import pytest
 from hierarchos_cli.main import main
 
 from hierarchos_jax.data import add_data_args, build_train_data
-from hierarchos_jax.data.bpe import save_tokenizer_dir, train_bpe
 from hierarchos_jax.data.kayla_chunks import effective_overlap
 from hierarchos_jax.io.tokenizer import Tokenizer
+from data_fixtures import _token_cache_in_tmp, tok, tok_dir  # noqa: F401  (pytest fixtures)
 
 DIGITS = "".join(str(i % 10) for i in range(60))
 RECORDS = [{"Instruction": "ab", "output": DIGITS, "thought-process": "t"},
            {"Instruction": "q", "feelings": "ok", "thought-process": "tt", "output": "y"}]
-
-
-
-@pytest.fixture(autouse=True)
-def _token_cache_in_tmp(tmp_path_factory, monkeypatch):
-    """Token caches of these tests go to their own temporary directory."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return save_tokenizer_dir(train_bpe(["abc"], vocab_size=257, show_progress=False),
-                              tmp_path_factory.mktemp("tok") / "bytes")
 
 
 def n(s: str) -> int:

@@ -3,37 +3,17 @@ determinism, batches per epoch, and exact resume from the iterator state."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 
-from hierarchos_jax.data import add_data_args, build_train_data, has_data_args
-from hierarchos_jax.data.bpe import save_tokenizer_dir, train_bpe
+from hierarchos_jax.data import build_train_data, has_data_args
 from hierarchos_jax.data.bucketing import bucket_window, epoch_batches
 from hierarchos_jax.data.collate import collate
 from hierarchos_jax.data.examples import Example, ExampleStore
-from hierarchos_jax.io.tokenizer import Tokenizer
+from data_fixtures import _token_cache_in_tmp, parse, tok, tok_dir  # noqa: F401  (pytest fixtures)
 from hierarchos_jax.model.rosa import rosa_ids_for_padded
-
-
-@pytest.fixture(autouse=True)
-def _token_cache_in_tmp(tmp_path_factory, monkeypatch):
-    """Token caches of these tests go to their own temporary directory."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return Tokenizer(save_tokenizer_dir(train_bpe(["abc"], vocab_size=257, show_progress=False),
-                                        tmp_path_factory.mktemp("tok") / "bytes"))
-
-
-def parse(*argv):
-    p = argparse.ArgumentParser()
-    add_data_args(p)
-    return p.parse_args(list(argv))
 
 
 @pytest.fixture(scope="module")

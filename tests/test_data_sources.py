@@ -15,34 +15,14 @@ import time
 import numpy as np
 import pytest
 
-from hierarchos_jax.data import add_data_args, build_train_data
-from hierarchos_jax.data.bpe import save_tokenizer_dir, train_bpe
+from hierarchos_jax.data import build_train_data
 from hierarchos_jax.data.consolidated import ChunkWriter
 from hierarchos_jax.data.hub import load_hf_dataset
 from hierarchos_jax.data.readers import Malformed, iter_records
 from hierarchos_jax.data.sources import auto_max_length, load_source
-from hierarchos_jax.io.tokenizer import Tokenizer
+from data_fixtures import _token_cache_in_tmp, parse, tok, tok_dir  # noqa: F401  (pytest fixtures)
 
 RECORDS = [{"text": "alpha"}, {"instruction": "Q1", "output": "A1"}, {"prompt": "p", "completion": "c"}]
-
-
-
-@pytest.fixture(autouse=True)
-def _token_cache_in_tmp(tmp_path_factory, monkeypatch):
-    """Token caches of these tests go to their own temporary directory."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return Tokenizer(save_tokenizer_dir(train_bpe(["abc"], vocab_size=257, show_progress=False),
-                                        tmp_path_factory.mktemp("tok") / "bytes"))
-
-
-def parse(*argv):
-    p = argparse.ArgumentParser()
-    add_data_args(p)
-    return p.parse_args(list(argv))
 
 
 def load(tok, *argv, max_length=64):
